@@ -1,0 +1,1 @@
+"""Command-line interface (``vfmtok``). The only place that configures logging or prints."""

@@ -1,0 +1,80 @@
+"""The single ``vfmtok`` command: dispatches to one module per subcommand.
+
+Each subcommand module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``. Modules keep
+heavy imports inside ``run`` so that ``vfmtok --help`` stays fast. Errors a user can fix (:class:`UserError`, bad
+files, bad configs) print one clear line and exit with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# command name -> module under vfmtok.cli
+COMMANDS: dict[str, str] = {
+    "reconstruct": "reconstruct",
+    "regions": "regions",
+    "convert-official": "convert_official",
+    "convert-official-gpt": "convert_official_gpt",
+    "train-tokenizer": "train_tokenizer",
+    "extract-codes": "extract_codes",
+    "train-gpt": "train_gpt",
+    "sample": "sample",
+    "eval-tokenizer": "eval_tokenizer",
+    "eval-samples": "eval_samples",
+    "demo": "demo",
+    "presets": "presets",
+}
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line, exit code 2."""
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from ..config import ConfigError
+    from ..hub import ModelLoadError
+
+    return (UserError, ConfigError, ModelLoadError, FileNotFoundError, IsADirectoryError, PermissionError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vfmtok", description="VFMTok: foundation-model tokenizers + AR generation")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, modname in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"vfmtok.cli.{modname}")
+        except ModuleNotFoundError as e:
+            if e.name == f"vfmtok.cli.{modname}":
+                continue  # command not built in this version
+            raise
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except _user_error_types() as e:
+        print(f"vfmtok {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vfmtok {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Model directories: ``<dir>/config.json`` + ``<dir>/model.safetensors`` is a model.
+
+All weight I/O of the models goes through here (models themselves never touch files). ``from_pretrained`` accepts a
+local directory or a Hugging Face Hub repository id; Hub access uses ``huggingface_hub`` and fails with a clear
+message when offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import Tensor
+
+from .config import CONFIG_NAME, ConfigBase
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+
+M = TypeVar("M", bound="PretrainedMixin")
+
+
+class ModelLoadError(RuntimeError):
+    """A model directory or checkpoint that cannot be loaded (missing file, key mismatch, bad shape)."""
+
+
+def resolve_model_dir(path_or_hub_id: str | os.PathLike, revision: str | None = None) -> Path:
+    """Return a local directory holding ``config.json`` + ``model.safetensors``.
+
+    A local path is used as is. Anything else is treated as a Hub repository id and fetched with
+    ``huggingface_hub.snapshot_download`` (cached); offline, the error says so and names the id.
+    """
+    path = Path(path_or_hub_id)
+    if path.exists():
+        if not path.is_dir():
+            raise ModelLoadError(f"{path}: expected a model directory (config.json + {WEIGHTS_NAME}), got a file")
+        return path
+    name = str(path_or_hub_id)
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ModelLoadError(f"model directory not found: {name}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(repo_id=name, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME])
+    except Exception as e:  # noqa: BLE001 - network, auth and offline errors all end here
+        raise ModelLoadError(
+            f"{name!r} is not a local directory and could not be fetched from the Hugging Face Hub "
+            f"({type(e).__name__}: {e}). Offline? Pass a local model directory instead."
+        ) from None
+    return Path(local)
+
+
+def save_state_dict(state_dict: dict[str, Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically (temporary file + rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata or {"format": "pt"})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"weights file not found: {path}")
+    return load_file(str(path), device=str(device))
+
+
+def check_state_dict(expected: dict[str, Tensor], got: dict[str, Tensor], where: str) -> None:
+    """Raise :class:`ModelLoadError` naming missing / unexpected keys and shape mismatches."""
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    bad_shape = [
+        f"{k}: expected {tuple(expected[k].shape)}, got {tuple(got[k].shape)}"
+        for k in expected
+        if k in got and tuple(expected[k].shape) != tuple(got[k].shape)
+    ]
+    if missing or unexpected or bad_shape:
+        parts = []
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {missing[:20]}{' ...' if len(missing) > 20 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {unexpected[:20]}{' ...' if len(unexpected) > 20 else ''}")
+        if bad_shape:
+            parts.append(f"shape mismatches ({len(bad_shape)}): {bad_shape[:20]}")
+        raise ModelLoadError(f"{where}: " + "; ".join(parts))
+
+
+class PretrainedMixin:
+    """``save_pretrained`` / ``from_pretrained`` for an ``nn.Module`` built from ``cls(config)``.
+
+    Subclasses set ``config_class``. The module keeps its config as ``self.config``.
+    """
+
+    config_class: ClassVar[type[ConfigBase]]
+    config: ConfigBase
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into directory ``path`` (created if needed)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.config.save(path / CONFIG_NAME)
+        save_state_dict(self.state_dict(), path / WEIGHTS_NAME)  # type: ignore[attr-defined]
+        return path
+
+    @classmethod
+    def from_config(cls: type[M], config: ConfigBase) -> M:
+        return cls(config)  # type: ignore[call-arg]
+
+    @classmethod
+    def from_pretrained(
+        cls: type[M],
+        path_or_hub_id: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        revision: str | None = None,
+        **config_overrides: Any,
+    ) -> M:
+        """Build from ``config.json`` and load ``model.safetensors`` strictly; returns the model in eval mode."""
+        local = resolve_model_dir(path_or_hub_id, revision=revision)
+        config = cls.config_class.load(local / CONFIG_NAME)
+        if config_overrides:
+            config = config.replace(**config_overrides)
+        model = cls(config)  # type: ignore[call-arg]
+        state = load_state_dict(local / WEIGHTS_NAME)
+        model.load_pretrained_state_dict(state, where=str(local / WEIGHTS_NAME))  # type: ignore[attr-defined]
+        return model.to(device).eval()  # type: ignore[attr-defined,return-value]
+
+    def load_pretrained_state_dict(self, state: dict[str, Tensor], where: str = "state dict") -> None:
+        """Strict load with a readable error. Subclasses may override to drop derived buffers."""
+        expected = self.state_dict()  # type: ignore[attr-defined]
+        check_state_dict(expected, state, where)
+        self.load_state_dict(state, strict=True)  # type: ignore[attr-defined]
