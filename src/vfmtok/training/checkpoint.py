@@ -1,0 +1,119 @@
+"""Atomic, resumable training checkpoints.
+
+A checkpoint is a directory ``<run>/checkpoints/step-XXXXXXXX/`` holding ``model.safetensors`` (raw weights),
+``ema.safetensors`` (EMA weights, what gets released), ``config.json`` (the model config) and ``state.pt`` (optimiser,
+scheduler, EMA, RNG and data-position state, loadable with ``weights_only=True``). It is written into a temporary
+directory and renamed into place, and ``<run>/checkpoints/latest`` is replaced atomically afterwards, so a run killed at
+any moment leaves either the previous or the new checkpoint, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..config import ConfigBase
+from ..hub import load_state_dict, save_state_dict
+
+log = logging.getLogger(__name__)
+
+
+class Checkpoint(NamedTuple):
+    path: Path
+    step: int
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Every RNG a training step may touch: Python, NumPy, torch CPU and all CUDA devices."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    step: int,
+    model_state: dict[str, Tensor],
+    train_state: dict[str, Any],
+    config: ConfigBase | None = None,
+    ema_state: dict[str, Tensor] | None = None,
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint ``step`` atomically and keep only the newest ``keep`` checkpoints. Returns its directory."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step:08d}-"))
+    try:
+        save_state_dict(model_state, tmp / "model.safetensors")
+        if ema_state is not None:
+            save_state_dict(ema_state, tmp / "ema.safetensors")
+        if config is not None:
+            config.save(tmp / "config.json")
+        torch.save({"step": step, **train_state}, tmp / "state.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    pointer_tmp = root / ".latest.tmp"
+    pointer_tmp.write_text(final.name + "\n")
+    os.replace(pointer_tmp, root / "latest")
+    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    log.info("saved checkpoint %s", final)
+    return final
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Checkpoint | None:
+    """The newest complete checkpoint of a run, or None."""
+    root = Path(run_dir) / "checkpoints"
+    pointer = root / "latest"
+    if pointer.exists():
+        path = root / pointer.read_text().strip()
+        if (path / "state.pt").exists():
+            return Checkpoint(path, int(path.name.split("-")[1]))
+    candidates = sorted(p for p in root.glob("step-*") if (p / "state.pt").exists()) if root.exists() else []
+    if candidates:
+        return Checkpoint(candidates[-1], int(candidates[-1].name.split("-")[1]))
+    return None
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint directory: ``{"model": state_dict, "ema": state_dict | None, "state": train_state}``."""
+    path = Path(path)
+    if not (path / "state.pt").exists():
+        raise FileNotFoundError(f"not a checkpoint directory (no state.pt): {path}")
+    state = torch.load(path / "state.pt", map_location=device, weights_only=True)
+    ema = path / "ema.safetensors"
+    return {
+        "model": load_state_dict(path / "model.safetensors", device=device),
+        "ema": load_state_dict(ema, device=device) if ema.exists() else None,
+        "state": state,
+    }
