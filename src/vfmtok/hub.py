@@ -66,6 +66,7 @@ def save_state_dict(state_dict: dict[str, Tensor], path: str | os.PathLike, meta
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata or {"format": "pt"})
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files; a model file is meant to be shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

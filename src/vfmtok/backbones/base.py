@@ -97,7 +97,7 @@ class FrozenBackbone(nn.Module, abc.ABC):
             p.requires_grad_(False)
         super().train(False)
 
-    def train(self, mode: bool = True) -> FrozenBackbone:  # noqa: ARG002 - the backbone never trains
+    def train(self, mode: bool = True) -> FrozenBackbone:  # the backbone never trains, whatever `mode` says
         return super().train(False)
 
     # -- interface ---------------------------------------------------------------------------------------------
