@@ -16,6 +16,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "reconstruct": "reconstruct",
     "regions": "regions",
+    "init-tokenizer": "init_tokenizer",
     "convert-official": "convert_official",
     "convert-official-gpt": "convert_official_gpt",
     "train-tokenizer": "train_tokenizer",

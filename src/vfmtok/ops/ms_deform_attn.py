@@ -1,0 +1,166 @@
+"""Multi-scale deformable attention (Deformable-DETR, Zhu et al. 2021, arXiv 2010.04159, eq. 2) in pure PyTorch.
+
+Each query has, per head, ``n_levels x n_points`` sampling locations in normalised (x, y) coordinates of every
+feature level; it bilinearly samples the head's value channels there and mixes them with softmax weights taken
+jointly over all levels and points of that head.
+
+The sampling follows ``F.grid_sample`` semantics exactly as the official CUDA kernel and its "debug" PyTorch twin do:
+a location ``(x, y)`` in [0, 1] addresses pixel ``(x * W - 0.5, y * H - 0.5)`` (``align_corners=False``), bilinear
+interpolation, zero padding outside the map. Levels may have different resolutions. VFMTok (arXiv 2507.08441,
+Sec. 3.2) uses this op to let 256 learnable anchor queries gather region features from the frozen VFM.
+
+The parameter names and layouts of :class:`MSDeformAttn` are those of the official module (``sampling_offsets`` out =
+[head][level][point][xy], ``attention_weights`` out = [head][level * point]), so official checkpoints load by name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SpatialShapes = Union[Tensor, Sequence[Sequence[int]]]
+
+
+def _as_shape_list(spatial_shapes: SpatialShapes) -> list[tuple[int, int]]:
+    if isinstance(spatial_shapes, Tensor):
+        return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    return [(int(h), int(w)) for h, w in spatial_shapes]
+
+
+def level_start_index(spatial_shapes: SpatialShapes) -> list[int]:
+    """Offsets of each level in the flattened value sequence: ``[0, H0*W0, H0*W0 + H1*W1, ...]``."""
+    starts, total = [], 0
+    for h, w in _as_shape_list(spatial_shapes):
+        starts.append(total)
+        total += h * w
+    return starts
+
+
+def ms_deform_attn(
+    value: Tensor, spatial_shapes: SpatialShapes, sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """Core multi-scale deformable attention.
+
+    Args:
+        value: (B, S, M, Dh) per-head values of all levels, flattened row-major and concatenated level after level;
+            S = sum_l H_l * W_l.
+        spatial_shapes: (L, 2) long tensor or sequence of (H_l, W_l) pairs.
+        sampling_locations: (B, Lq, M, L, P, 2) normalised (x, y) locations; (0, 0) is the top-left corner of the
+            map, (1, 1) the bottom-right corner. Locations outside [0, 1] sample zeros (partially, near the border).
+        attention_weights: (B, Lq, M, L, P) mixing weights (already normalised by the caller).
+
+    Returns:
+        (B, Lq, M * Dh) sampled and mixed values, head-major channels.
+    """
+    shapes = _as_shape_list(spatial_shapes)
+    b, s, m, dh = value.shape
+    _, lq, _, n_levels, n_points, _ = sampling_locations.shape
+    if sum(h * w for h, w in shapes) != s:
+        raise ValueError(f"spatial_shapes {shapes} cover {sum(h * w for h, w in shapes)} positions, value has {s}")
+    if len(shapes) != n_levels:
+        raise ValueError(f"{len(shapes)} spatial shapes for {n_levels} sampling levels")
+    value_levels = value.split([h * w for h, w in shapes], dim=1)
+    grids = 2.0 * sampling_locations - 1.0  # grid_sample wants [-1, 1]
+    sampled = []
+    for lvl, (h, w) in enumerate(shapes):
+        # (B, H*W, M, Dh) -> (B*M, Dh, H, W)
+        v = value_levels[lvl].flatten(2).transpose(1, 2).reshape(b * m, dh, h, w)
+        # (B, Lq, M, P, 2) -> (B*M, Lq, P, 2)
+        g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
+        # (B*M, Dh, Lq, P)
+        sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
+    # (B, Lq, M, L, P) -> (B*M, 1, Lq, L*P)
+    weights = attention_weights.transpose(1, 2).reshape(b * m, 1, lq, n_levels * n_points)
+    out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)  # (B*M, Dh, Lq)
+    return out.view(b, m * dh, lq).transpose(1, 2).contiguous()  # (B, Lq, M*Dh)
+
+
+class DeformSampling(NamedTuple):
+    """Where and how strongly every query samples.
+
+    ``locations``: (B, Lq, M, L, P, 2) normalised (x, y) in feature-map coordinates ([0, 1] spans the whole map).
+    ``weights``: (B, Lq, M, L, P), softmax over L * P for each (query, head); each head's weights sum to 1.
+    """
+
+    locations: Tensor
+    weights: Tensor
+
+
+class MSDeformAttn(nn.Module):
+    """Multi-scale deformable attention module with the official parameter layout.
+
+    Args:
+        dim: model width (query and value channels); must be divisible by ``n_heads``.
+        n_levels: number of feature levels sampled.
+        n_heads: attention heads; each head sees ``dim // n_heads`` value channels.
+        n_points: sampling points per head and level.
+    """
+
+    def __init__(self, dim: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4) -> None:
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"MSDeformAttn: dim {dim} is not divisible by n_heads {n_heads}")
+        self.dim, self.n_levels, self.n_heads, self.n_points = dim, n_levels, n_heads, n_points
+        self.sampling_offsets = nn.Linear(dim, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(dim, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(dim, dim)
+        self.output_proj = nn.Linear(dim, dim)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Deformable-DETR init: zero offset weights; offset bias points head h along angle 2*pi*h/M (max |component|
+        scaled to 1) times (point index + 1); uniform attention (zero weight and bias); xavier value/output proj."""
+        nn.init.zeros_(self.sampling_offsets.weight)
+        thetas = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], -1)
+        grid = grid / grid.abs().max(-1, keepdim=True)[0]
+        grid = grid.view(self.n_heads, 1, 1, 2).repeat(1, self.n_levels, self.n_points, 1)
+        grid = grid * torch.arange(1, self.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        self.sampling_offsets.bias.copy_(grid.flatten())
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for lin in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def sampling(self, query: Tensor, reference_points: Tensor, spatial_shapes: SpatialShapes) -> DeformSampling:
+        """Sampling locations and attention weights of every query.
+
+        Args:
+            query: (B, Lq, dim).
+            reference_points: (B or 1, Lq, L, 2) normalised (x, y) reference point of each query on each level.
+            spatial_shapes: (L, 2) or sequence of (H_l, W_l); offsets are in units of each level's pixels.
+        """
+        b, lq, _ = query.shape
+        shapes = _as_shape_list(spatial_shapes)
+        m, n_lv, p = self.n_heads, self.n_levels, self.n_points
+        offsets = self.sampling_offsets(query).view(b, lq, m, n_lv, p, 2)
+        weights = self.attention_weights(query).view(b, lq, m, n_lv * p).softmax(-1).view(b, lq, m, n_lv, p)
+        # offsets are in pixels of each level: divide by (W_l, H_l) to get normalised coordinates
+        normalizer = torch.tensor([[w, h] for h, w in shapes], dtype=query.dtype, device=query.device)
+        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        return DeformSampling(locations, weights)
+
+    def forward(
+        self, query: Tensor, reference_points: Tensor, input_flatten: Tensor, spatial_shapes: SpatialShapes
+    ) -> Tensor:
+        """Args:
+            query: (B, Lq, dim) queries (the caller adds any positional embedding).
+            reference_points: (B or 1, Lq, L, 2) normalised (x, y).
+            input_flatten: (B, S, dim) features of all levels, flattened row-major and concatenated.
+            spatial_shapes: (L, 2) or sequence of (H_l, W_l) with sum H_l W_l = S.
+
+        Returns:
+            (B, Lq, dim).
+        """
+        b, s, _ = input_flatten.shape
+        value = self.value_proj(input_flatten).view(b, s, self.n_heads, self.dim // self.n_heads)  # (B, S, M, Dh)
+        sampling = self.sampling(query, reference_points, spatial_shapes)
+        out = ms_deform_attn(value, spatial_shapes, sampling.locations, sampling.weights)  # (B, Lq, dim)
+        return self.output_proj(out)
