@@ -1,0 +1,363 @@
+"""Autoregressive sampling for :class:`~vfmtok.generator.gpt.GPT`: KV-cached decoding, CFG schedules, filtering.
+
+``sample`` draws ``(B, block_size)`` code grids for a batch of class labels. The loop is:
+
+1. prefill the class position (``[cond; null]`` rows when classifier-free guidance is on);
+2. for each step t: combine the guided logits ``uncond + s_t * (cond - uncond)`` (on logits, as LlamaGen does),
+   apply temperature, top-k and top-p with tensor ops, draw one token per row from an explicit
+   ``torch.Generator``, and feed it back through the KV cache at position t + 1.
+
+Nothing in the loop reads a device value on the host, so CUDA work is queued without synchronising. Sampling uses
+the exponential-race form of the categorical draw (``argmax(p / E)``, E ~ Exp(1)), which is exact and avoids the
+host round trip of ``torch.multinomial``.
+
+Three decoding paths produce the same tokens for the same generator state:
+
+- default: :class:`~vfmtok.generator.gpt.KVCache` in ``"prefix"`` mode (attention over the filled prefix only),
+  or with ``compile=True`` the ``"static"`` mode (fixed shapes), replayed as a CUDA graph on GPU and run under
+  ``torch.compile`` on CPU;
+- ``baseline="plain"``: recompute the whole sequence every step (the reference the tests compare against);
+- ``baseline="official"``: LlamaGen's ``generate`` decoding (full-length boolean mask, K/V copied every step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import weakref
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .gpt import GPT, KVCache
+
+CFG_SCHEDULES = ("constant", "linear", "power-cosine")
+BASELINES = ("plain", "official")
+
+Pick = Callable[[Tensor, int], Tensor]
+"""``pick(logits (B, V) float32, step) -> (B,) int64``: chooses the token of each row at a step."""
+
+
+def cfg_scales(
+    num_steps: int,
+    cfg_scale: float,
+    schedule: str = "constant",
+    *,
+    power: float = 1.0,
+    interval: tuple[int, int | None] | None = None,
+) -> Tensor:
+    """Guidance scale of every decoding step.
+
+    With ``r = step / num_steps`` in [0, 1): ``"constant"`` is ``s``; ``"linear"`` is ``1 + (s - 1) r``;
+    ``"power-cosine"`` is ``1 + (s - 1) (1 - cos(pi r**power)) / 2`` (the RAR schedule). Steps outside
+    ``interval = (start, end)`` (``end=None``: to the last step) get 1, i.e. the conditional logits only.
+
+    Returns:
+        (num_steps,) float32 on CPU.
+    """
+    if schedule not in CFG_SCHEDULES:
+        raise ValueError(f"unknown CFG schedule {schedule!r}; expected one of {CFG_SCHEDULES}")
+    if power <= 0:
+        raise ValueError(f"cfg power must be > 0, got {power}")
+    r = torch.arange(num_steps, dtype=torch.float64) / num_steps
+    if schedule == "constant":
+        scales = torch.full_like(r, float(cfg_scale))
+    elif schedule == "linear":
+        scales = 1 + (cfg_scale - 1) * r
+    else:
+        scales = 1 + (cfg_scale - 1) * (1 - torch.cos(math.pi * r**power)) / 2
+    if interval is not None:
+        start, end = interval
+        steps = torch.arange(num_steps)
+        inside = (steps >= start) & (steps < (num_steps if end is None else end))
+        scales = torch.where(inside, scales, torch.ones_like(scales))
+    return scales.float()
+
+
+def apply_cfg(logits: Tensor, scale: float | Tensor) -> Tensor:
+    """Combine ``[cond; uncond]`` rows (2B, V) into guided logits (B, V): ``uncond + scale * (cond - uncond)``."""
+    cond, uncond = logits.chunk(2, dim=0)
+    return uncond + (cond - uncond) * scale
+
+
+def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Set logits outside the top-k and outside the nucleus to ``-inf``.
+
+    Args:
+        logits: (B, V) float.
+        top_k: keep the k largest per row (0: off); ties with the k-th value are kept.
+        top_p: keep the smallest prefix of the sorted distribution whose mass reaches ``top_p`` (the first token
+            that crosses the threshold is kept, as in LlamaGen/HF); 1.0: off.
+    """
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        above = sorted_logits.softmax(dim=-1).cumsum(dim=-1) > top_p  # (B, V) in sorted order
+        drop_sorted = torch.cat([torch.zeros_like(above[..., :1]), above[..., :-1]], dim=-1)
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
+    return logits
+
+
+def sample_logits(
+    logits: Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Draw one token per row from ``softmax(filter(logits / temperature))``.
+
+    Args:
+        logits: (B, V) float.
+        temperature: > 0 scales the logits (floored at 1e-5 as in LlamaGen); 0 means greedy argmax.
+        generator: random source on the logits' device (None: the global generator).
+
+    Returns:
+        (B,) int64 token indices.
+    """
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = filter_logits(logits.float() / max(temperature, 1e-5), top_k, top_p)
+    probs = logits.softmax(dim=-1)
+    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    # argmax(p / E) with E ~ Exp(1) is an exact categorical draw; the floor keeps filtered (p = 0) rows finite.
+    return (probs / race.clamp_min(torch.finfo(race.dtype).tiny)).argmax(dim=-1)
+
+
+def balanced_labels(n: int, num_classes: int, seed: int = 0, classes: Sequence[int] | None = None) -> Tensor:
+    """Class-balanced labels: every consecutive block of ``len(classes)`` labels holds each class once.
+
+    The class order inside a block is a permutation drawn from ``seed``; when ``n`` is not a multiple of the number
+    of classes, the last partial block covers a seeded random subset. ``classes`` defaults to ``range(num_classes)``.
+
+    Returns:
+        (n,) int64 on CPU.
+    """
+    pool = torch.arange(num_classes) if classes is None else torch.as_tensor(list(classes), dtype=torch.int64)
+    if pool.numel() == 0:
+        raise ValueError("balanced_labels: no classes to draw from")
+    if bool(((pool < 0) | (pool >= num_classes)).any()):
+        raise ValueError(f"balanced_labels: classes must lie in [0, {num_classes}), got {pool.tolist()}")
+    gen = torch.Generator().manual_seed(seed)
+    order = pool[torch.randperm(pool.numel(), generator=gen)]
+    return order.repeat(-(-n // pool.numel()))[:n]
+
+
+# ---------------------------------------------------------------------------------------------------- decoders
+class _CachedDecoder:
+    """KV-cached stepping in ``"prefix"`` mode (positions are ints) or ``"static"``/``"official"`` (tensors)."""
+
+    def __init__(self, gpt: GPT, rows: int, mode: str) -> None:
+        self.gpt, self.mode = gpt, mode
+        self.cache: KVCache = gpt.new_cache(rows, mode=mode)
+        self.positions = torch.arange(gpt.num_tokens + 1, device=self.cache.k.device)
+
+    def _pos(self, p: int) -> int | Tensor:
+        return p if self.mode == "prefix" else self.positions[p : p + 1]
+
+    def _context(self) -> contextlib.AbstractContextManager:
+        if self.mode == "official" and self.cache.k.is_cuda:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            return sdpa_kernel(SDPBackend.MATH)  # LlamaGen decodes under the math kernel
+        return contextlib.nullcontext()
+
+    def prefill(self, rows: Tensor) -> Tensor:
+        return self.gpt.prefill(rows, self.cache, self._pos(0))
+
+    def decode(self, tokens: Tensor, step: int) -> Tensor:
+        with self._context():
+            return self.step(tokens[:, None], self._pos(step + 1))
+
+    def step(self, codes: Tensor, pos: int | Tensor) -> Tensor:
+        return self.gpt.decode_step(codes, self.cache, pos)
+
+
+class _CompiledDecoder(_CachedDecoder):
+    """CPU path of ``compile=True``: the ``"static"``-cache decode step under ``torch.compile``."""
+
+    def __init__(self, gpt: GPT, rows: int) -> None:
+        super().__init__(gpt, rows, "static")
+        self.compiled = torch.compile(super().step, fullgraph=True, dynamic=False)
+
+    def step(self, codes: Tensor, pos: int | Tensor) -> Tensor:
+        return self.compiled(codes, pos)
+
+
+class _GraphDecoder(_CachedDecoder):
+    """CUDA path of ``compile=True``: the ``"static"``-cache decode step captured once in a CUDA graph.
+
+    Every step copies the token and position into the graph's static inputs and replays it: one launch instead of
+    the ~40 kernels per layer that bound small-batch decoding on the host. The returned logits live in the graph's
+    output buffer and are overwritten by the next step, so the caller consumes them first (``generate`` does).
+    The graph reads the model's parameters in place: in-place weight updates are seen, replaced tensors are not.
+    Capturing the ``torch.compile``d step instead was measured slower (GPT-B, 256 rows, H100: 19 ms against 2.3 ms
+    per step), so the graph holds the eager kernels.
+    """
+
+    def __init__(self, gpt: GPT, rows: int) -> None:
+        super().__init__(gpt, rows, "static")
+        device = self.cache.k.device
+        self.codes_in = torch.zeros(rows, 1, dtype=torch.long, device=device)
+        self.pos_in = self.positions[1:2].clone()
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm up outside the capture (lazy inits, kernel selection)
+            for _ in range(2):
+                super().step(self.codes_in, self.pos_in)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits_out = super().step(self.codes_in, self.pos_in)
+
+    def step(self, codes: Tensor, pos: int | Tensor) -> Tensor:
+        self.codes_in.copy_(codes)
+        self.pos_in.copy_(pos)
+        self.graph.replay()
+        return self.logits_out
+
+
+class _PlainDecoder:
+    """Reference path: the full teacher-forced forward over everything decoded so far, every step."""
+
+    def __init__(self, gpt: GPT, rows: int) -> None:
+        self.gpt = gpt
+        self.codes = torch.zeros(rows, gpt.num_tokens, dtype=torch.long, device=gpt.tok_embeddings.weight.device)
+        self.rows: Tensor | None = None
+
+    def prefill(self, rows: Tensor) -> Tensor:
+        self.rows = rows
+        return self.gpt(self.codes[:, :0], rows)[:, -1]
+
+    def decode(self, tokens: Tensor, step: int) -> Tensor:
+        self.codes[:, step] = tokens
+        return self.gpt(self.codes[:, : step + 1], self.rows)[:, -1]
+
+
+# Compiled decoders are kept per model and batch shape so repeated calls reuse the compiled graph and its buffers.
+_COMPILED: weakref.WeakKeyDictionary[GPT, dict[tuple, _CachedDecoder]] = weakref.WeakKeyDictionary()
+
+
+def _decoder(gpt: GPT, rows: int, baseline: str | None, compile: bool) -> _CachedDecoder | _PlainDecoder:
+    if baseline is not None and baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; expected None or one of {BASELINES}")
+    if compile and baseline is not None:
+        raise ValueError("compile applies to the default KV-cached path only, not to a baseline")
+    if baseline == "plain":
+        return _PlainDecoder(gpt, rows)
+    if baseline == "official":
+        return _CachedDecoder(gpt, rows, "official")
+    if not compile:
+        return _CachedDecoder(gpt, rows, "prefix")
+    weight = gpt.tok_embeddings.weight
+    key = (rows, weight.dtype, weight.device)
+    per_model = _COMPILED.setdefault(gpt, {})
+    if key not in per_model:
+        per_model[key] = _GraphDecoder(gpt, rows) if weight.is_cuda else _CompiledDecoder(gpt, rows)
+    return per_model[key]
+
+
+@torch.no_grad()
+def generate(
+    gpt: GPT,
+    labels: Tensor,
+    pick: Pick,
+    *,
+    cfg_scale: float = 1.0,
+    cfg_schedule: str = "constant",
+    cfg_power: float = 1.0,
+    cfg_interval: tuple[int, int | None] | None = None,
+    compile: bool = False,
+    baseline: str | None = None,
+) -> Tensor:
+    """Decode ``block_size`` tokens per label, choosing each token with ``pick``.
+
+    ``pick`` receives the (guided) float32 logits (B, V) of every step; :func:`sample` passes the stochastic
+    sampler. The model runs in eval mode for the call and its train/eval state is restored afterwards.
+
+    Args:
+        labels: (B,) int64 class labels in [0, num_classes].
+        cfg_scale, cfg_schedule, cfg_power, cfg_interval: guidance (see :func:`cfg_scales`); CFG doubles the batch
+            to ``[cond; null]`` rows when any step's scale differs from 1.
+        compile: decode with static shapes: on CUDA the step is captured once in a CUDA graph and replayed, on
+            CPU it runs under ``torch.compile``. Cached per model, batch size, dtype and device.
+        baseline: None (KV cache over the filled prefix), ``"plain"`` (full recompute) or ``"official"``
+            (LlamaGen's full-length masked cache).
+
+    Returns:
+        (B, block_size) int64 codes on the model's device.
+    """
+    n = gpt.num_tokens
+    scales = cfg_scales(n, cfg_scale, cfg_schedule, power=cfg_power, interval=cfg_interval)
+    use_cfg = bool((scales != 1).any())
+    if use_cfg and not gpt.config.has_null_class:
+        raise ValueError("classifier-free guidance needs a null class (the model has class_dropout_prob = 0)")
+    device = gpt.tok_embeddings.weight.device
+    labels = labels.to(device=device, dtype=torch.long)
+    b = labels.shape[0]
+    rows = torch.cat([labels, torch.full_like(labels, gpt.config.null_class)]) if use_cfg else labels
+    scales = scales.to(device)
+    codes = torch.empty(b, n, dtype=torch.long, device=device)
+    was_training = gpt.training
+    gpt.eval()
+    try:
+        decoder = _decoder(gpt, rows.shape[0], baseline, compile)
+        logits = decoder.prefill(rows)  # (R, V)
+        for t in range(n):
+            step_logits = apply_cfg(logits, scales[t]) if use_cfg else logits  # (B, V)
+            token = pick(step_logits, t)  # (B,)
+            codes[:, t] = token
+            if t + 1 < n:
+                logits = decoder.decode(torch.cat([token, token]) if use_cfg else token, t)
+    finally:
+        gpt.train(was_training)
+    return codes
+
+
+def sample(
+    gpt: GPT,
+    labels: Tensor,
+    *,
+    cfg_scale: float = 1.0,
+    cfg_schedule: str = "constant",
+    cfg_power: float = 1.0,
+    cfg_interval: tuple[int, int | None] | None = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    compile: bool = False,
+    baseline: str | None = None,
+) -> Tensor:
+    """Sample token grids for class ``labels`` (B,) -> codes (B, block_size) int64 in [0, vocab_size).
+
+    Defaults reproduce LlamaGen/VFMTok sampling (temperature 1, no top-k/top-p, constant CFG applied from the first
+    token). ``generator`` must live on the model's device; the same generator state gives the same codes on every
+    decoding path. See :func:`generate` for the remaining arguments.
+    """
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    device = gpt.tok_embeddings.weight.device
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(f"generator is on {generator.device}, the model on {device}; create it on the model's device")
+
+    def pick(logits: Tensor, step: int) -> Tensor:
+        return sample_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+
+    return generate(
+        gpt,
+        labels,
+        pick,
+        cfg_scale=cfg_scale,
+        cfg_schedule=cfg_schedule,
+        cfg_power=cfg_power,
+        cfg_interval=cfg_interval,
+        compile=compile,
+        baseline=baseline,
+    )
