@@ -97,7 +97,7 @@ def _probe(args: argparse.Namespace, tok: Any) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from importlib.metadata import version
+    from .. import __version__
 
     from ..evaluation.images import SkipCounter, iter_eval_batches, open_eval_dataset
     from ..evaluation.tokenizer_eval import TokenizerEvalSettings, evaluate_tokenizer, format_tokenizer_report
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
                   "down-sampled 2x / 4x and back (PIL bicubic)",
             "fd_method": settings.fd_method,
         },
-        "versions": {"vfmtok": version("vfmtok"), "torch": torch.__version__, "python": platform.python_version()},
+        "versions": {"vfmtok": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
     if args.probe_train:
         report["linear_probe"] = _probe(args, tok)
