@@ -172,11 +172,11 @@ class Demo:
         n = str(self.plan.eval_num)
         ev = self.out / "eval"
         self.cli("eval-tokenizer", "--tokenizer", tok["model"], "--data", data["test"], "--num", n,
-                 "--eval-size", "0", "--device", self.device, "--probe-train", data["train"], "--probe-test",
+                 "--eval-size", "0", "--vfm-size", "84", "--device", self.device, "--probe-train", data["train"], "--probe-test",
                  data["test"], "--probe-num", n, "--out", ev / "tokenizer.json")
         for name, s in samples["runs"].items():
             self.cli("eval-samples", Path(s["dir"]) / "samples.npz", "--ref", data["test"], "--num-ref", n,
-                     "--device", self.device, "--out", ev / f"samples-{name}.json")
+                     "--vfm-size", "84", "--device", self.device, "--out", ev / f"samples-{name}.json")
         return {"dir": str(ev)}
 
     def regions(self, data: dict[str, Any], tok: dict[str, Any]) -> dict[str, Any]:

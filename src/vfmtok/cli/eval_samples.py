@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="pt_inception-2015-12-05-6726825d.pth (pytorch-fid release); enables FID / sFID / IS")
     parser.add_argument("--extractor", action="append", choices=EXTRACTOR_CHOICES, default=None,
                         help="feature extractor(s); default: inception with --fid-weights, else dinov2-bundled")
+    parser.add_argument("--vfm-size", type=int, default=224,
+                        help="input size of the bundled DINOv2-S extractor (multiple of 14; default 224)")
     parser.add_argument("--num", type=int, default=None, help="use the first N samples (default: all)")
     parser.add_argument("--num-ref", type=int, default=None, help="use the first N reference images (default: all)")
     parser.add_argument("--batch-size", type=int, default=50)
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     results, skipped = [], {"samples": 0, "reference": 0}
     for kind in kinds:
-        extractor = build_extractor(kind, device=args.device, fid_weights=args.fid_weights)
+        extractor = build_extractor(kind, device=args.device, fid_weights=args.fid_weights, vfm_size=args.vfm_size)
         log.info("extracting %s features of %s", extractor.name, samples)
         counter = SkipCounter()
         try:

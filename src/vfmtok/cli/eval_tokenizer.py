@@ -30,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the tokenizer's own frozen backbone, or none")
     parser.add_argument("--extractor", action="append", choices=("efficientnet-lite0",), default=[],
                         help="additional (non-VFM) feature extractor(s) for rFD")
+    parser.add_argument("--vfm-size", type=int, default=224,
+                        help="input size of the bundled DINOv2-S extractor (multiple of 14; default 224)")
     parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     parser.add_argument("--probe-train", default=None, help="labelled ImageFolder for a linear probe (train rows)")
     parser.add_argument("--probe-test", default=None, help="labelled ImageFolder for the probe's test rows")
@@ -47,7 +49,7 @@ def _build_extractors(args: argparse.Namespace, tok: Any) -> list:
 
     extractors = []
     if args.vfm == "bundled":
-        extractors.append(build_extractor("dinov2-bundled", device=args.device))
+        extractors.append(build_extractor("dinov2-bundled", device=args.device, vfm_size=args.vfm_size))
     elif args.vfm == "tokenizer":
         extractors.append(VFMExtractor(tok.backbone, name=_vfm_name(tok.config)))
     for kind in dict.fromkeys(args.extractor):

@@ -129,15 +129,17 @@ def extractor_kind(name: str) -> str:
 
 
 def build_extractor(
-    kind: str, device: str | torch.device = "cpu", fid_weights: str | os.PathLike | None = None
+    kind: str, device: str | torch.device = "cpu", fid_weights: str | os.PathLike | None = None,
+    vfm_size: int = 224,
 ) -> FeatureExtractor:
-    """Extractor by CLI name: ``inception`` (needs ``fid_weights``), ``dinov2-bundled``, ``efficientnet-lite0``."""
+    """Extractor by CLI name: ``inception`` (needs ``fid_weights``), ``dinov2-bundled`` (input ``vfm_size`` px),
+    ``efficientnet-lite0``."""
     if kind == "inception":
         from .inception import build_inception_extractor
 
         return build_inception_extractor(fid_weights, device=device)
     if kind == "dinov2-bundled":
-        return bundled_vfm_extractor(device=device)
+        return bundled_vfm_extractor(device=device, input_size=vfm_size)
     if kind == "efficientnet-lite0":
         from .efficientnet import build_efficientnet_extractor
 
