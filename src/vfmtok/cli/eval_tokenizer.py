@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="image folder: ImageFolder (root/<class>/<img>) or flat")
     parser.add_argument("--fid-weights", default=None,
                         help="pt_inception-2015-12-05-6726825d.pth (pytorch-fid release); adds rFID, rsFID, rIS")
-    parser.add_argument("--num", type=int, default=None, help="evaluate the first N images (default: all)")
+    parser.add_argument("--num", type=int, default=None, help="evaluate N images evenly spaced over the data (default: all)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for reading images")
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
     parser.add_argument("--probe-train", default=None, help="labelled ImageFolder for a linear probe (train rows)")
     parser.add_argument("--probe-test", default=None, help="labelled ImageFolder for the probe's test rows")
-    parser.add_argument("--probe-num", type=int, default=None, help="at most N images from each probe folder")
+    parser.add_argument("--probe-num", type=int, default=None, help="at most N images from each probe folder, evenly spaced (class-balanced)")
     parser.add_argument("--out", required=True, help="report.json (a report.md is written next to it)")
 
 

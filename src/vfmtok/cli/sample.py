@@ -44,21 +44,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", type=int, nargs="+", help="class labels to sample (default: all classes)")
     parser.add_argument("--image-size", type=int, default=256, help="output size (0: the tokenizer's resolution)")
     parser.add_argument("--no-png", action="store_true", help="skip the per-sample PNGs (grid and .npz only)")
-    parser.add_argument("--grid-max", type=int, default=64, help="samples shown in grid.png")
+    parser.add_argument("--grid-max", type=int, default=64, help="samples shown in grid.png (one row per class)")
 
 
-def _save_grid(images, path: Path) -> None:
-    """Tile (n, H, W, 3) uint8 images into a near-square grid PNG."""
+def _save_grid(images, labels, max_images: int, path: Path) -> None:
+    """Tile at most ``max_images`` of the (N, H, W, 3) uint8 ``images`` into a PNG with one row per class (classes in
+    increasing order, the first samples of each class left to right)."""
     import numpy as np
     from PIL import Image
 
-    n, h, w, _ = images.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = np.zeros((rows * h, cols * w, 3), dtype=np.uint8)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = images[i]
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    per_row = max(1, max_images // len(classes))
+    rows = [np.flatnonzero(labels == c)[:per_row] for c in classes]
+    cols = max(len(r) for r in rows)
+    _, h, w, _ = images.shape
+    grid = np.zeros((len(rows) * h, cols * w, 3), dtype=np.uint8)
+    for r, idx in enumerate(rows):
+        for c, i in enumerate(idx):
+            grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = images[i]
     Image.fromarray(grid).save(path)
 
 
@@ -136,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     elapsed = time.perf_counter() - t0
 
-    _save_grid(np.asarray(arr[: min(args.grid_max, args.num)]), out / "grid.png")
+    _save_grid(arr, labels.numpy(), args.grid_max, out / "grid.png")
     arr.flush()
     np.savez(out / "samples.npz", arr_0=arr, labels=labels.numpy(), codes=all_codes)
     del arr

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -171,12 +171,20 @@ def iter_eval_batches(
     num_workers: int = 0,
     counter: SkipCounter | None = None,
 ) -> Iterator[EvalBatch]:
-    """Batches of the first ``limit`` readable items (dataset order), skipping and counting unreadable files."""
+    """Batches of ``limit`` readable items, skipping and counting unreadable files.
+
+    With a ``limit`` below the dataset size the items are evenly spaced over the dataset (deterministic), so a subset
+    of a class-sorted ImageFolder keeps every class in proportion instead of the first classes only.
+    """
     from ..data.datasets import collate_images
 
-    n = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
+    total = len(dataset)  # type: ignore[arg-type]
+    if limit is None or limit >= total:
+        rows: Sequence[int] = range(total)
+    else:
+        rows = sorted(set(torch.linspace(0, total - 1, max(1, limit)).round().long().tolist()))
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, range(n)), batch_size=batch_size, shuffle=False,
+        torch.utils.data.Subset(dataset, rows), batch_size=batch_size, shuffle=False,
         num_workers=num_workers, collate_fn=collate_images,
     )
     seen: set[int] = set()
