@@ -48,7 +48,7 @@ class DemoPlan:
 
 
 PLANS = {
-    "default": DemoPlan(train_per_class=300, test_per_class=50, tok_steps=800, tok_batch=32, gpt_steps=1500,
+    "default": DemoPlan(train_per_class=300, test_per_class=50, tok_steps=800, tok_batch=32, gpt_steps=600,
                         gpt_batch=64, gpt_layers=4, gpt_dim=192, samples_per_class=8, eval_num=500),
     "toy": DemoPlan(train_per_class=12, test_per_class=4, tok_steps=6, tok_batch=8, gpt_steps=6, gpt_batch=8,
                     gpt_layers=1, gpt_dim=32, samples_per_class=1, eval_num=16),
@@ -212,7 +212,7 @@ def scaled_plan(plan: DemoPlan, minutes: float | None) -> DemoPlan:
     """Scale the training steps to a time budget (the default plan's training takes about 6 minutes on 2 cores)."""
     if minutes is None:
         return plan
-    f = max(0.05, minutes / 10.0)
+    f = max(0.05, minutes / 6.0)
     return dataclasses.replace(plan, tok_steps=max(2, int(plan.tok_steps * f)), gpt_steps=max(2, int(plan.gpt_steps * f)))
 
 
