@@ -175,8 +175,11 @@ class Demo:
         self.cli("eval-tokenizer", "--tokenizer", tok["model"], "--data", data["test"], "--num", n,
                  "--eval-size", "0", "--vfm-size", "84", "--device", self.device, "--probe-train", data["train"], "--probe-test",
                  data["test"], "--probe-num", str(2 * self.plan.eval_num), "--out", ev / "tokenizer.json")
+        ref_stats = ev / "reference-stats.npz"  # reference features extracted once, reused for every sample set
         for name, s in samples["runs"].items():
-            self.cli("eval-samples", Path(s["dir"]) / "samples.npz", "--ref", data["test"], "--num-ref", n,
+            ref = ["--ref", ref_stats] if ref_stats.exists() else ["--ref", data["test"], "--num-ref", n,
+                                                                   "--save-ref-stats", ref_stats]
+            self.cli("eval-samples", Path(s["dir"]) / "samples.npz", *ref, "--extractor", "dinov2-bundled",
                      "--vfm-size", "84", "--device", self.device, "--out", ev / f"samples-{name}.json")
         return {"dir": str(ev)}
 

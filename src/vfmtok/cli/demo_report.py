@@ -96,14 +96,16 @@ def _metrics_rows(out: Path) -> list[tuple[str, str, str]]:
         for key, v in d.items():
             if isinstance(v, (int, float)):
                 rows.append(("reconstruction", f"{key} [{name}]", _fmt(float(v))))
-    for key, v in (tok.get("linear_probe") or m.get("linear_probe") or {}).items():
-        if isinstance(v, (int, float)):
-            rows.append(("linear probe", key, _fmt(float(v))))
+    for key, v in (tok.get("linear_probe") or {}).items():
+        if isinstance(v, dict) and "top1" in v:
+            what = "quantized tokens" if key == "tokens" else "encoder slots" if key == "slots" else key
+            rows.append(("linear probe", f"top-1, mean-pooled {what} ({v.get('num_train')} train / "
+                         f"{v.get('num_test')} test images)", _fmt(float(v["top1"]))))
     for f in sorted((out / "eval").glob("samples-*.json")):
         rep = _load(f)
         for res in rep.get("results", []):
             for key, v in res.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and not key.startswith("num_"):
                     rows.append((f"samples {f.stem[len('samples-'):]}", f"{key} [{res.get('extractor')}]",
                                  _fmt(float(v))))
     return rows
