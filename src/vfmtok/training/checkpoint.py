@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import ConfigBase
+from ..config import ConfigBase, ConfigError
 from ..hub import load_state_dict, save_state_dict
 
 log = logging.getLogger(__name__)
@@ -117,3 +117,16 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         "ema": load_state_dict(ema, device=device) if ema.exists() else None,
         "state": state,
     }
+
+
+def check_resume_config(run_dir: str | os.PathLike, cfg: ConfigBase, resumable: set[str] | frozenset[str]) -> None:
+    """Refuse to resume ``run_dir`` with a recipe that differs from its ``train_config.json`` in any field outside
+    ``resumable`` (lengths, intervals and the like), naming the fields that changed."""
+    path = Path(run_dir) / "train_config.json"
+    if not path.exists():
+        return
+    old = type(cfg).load(path).to_dict()
+    diff = sorted(k for k, v in cfg.to_dict().items() if old.get(k) != v and k not in resumable)
+    if diff:
+        raise ConfigError(f"{run_dir} holds a run with a different recipe ({', '.join(diff)} changed); resume it "
+                          "with its own train_config.json or choose another output directory")

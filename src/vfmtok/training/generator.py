@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -35,12 +34,12 @@ from torch import Tensor, nn
 from ..config import ConfigBase, ConfigError
 from ..data.tokens import CodeDataset
 from ..generator import GPT, GPTConfig, gpt_preset
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import check_resume_config, latest_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import DistInfo, all_reduce_sum, barrier, full_state_dict, init_distributed, wrap_model
 from .ema import EMA, _unwrap
 from .sampler import ResumableSampler
 from .schedule import lr_at, set_lr
-from .tracker import Tracker, read_metrics
+from .tracker import Tracker, truncate_metrics
 
 log = logging.getLogger(__name__)
 
@@ -399,25 +398,8 @@ class _Trainer:
         return final
 
 
-def _check_resume_config(run_dir: Path, cfg: GPTTrainConfig) -> None:
-    path = run_dir / "train_config.json"
-    if not path.exists():
-        return
-    old = GPTTrainConfig.load(path).to_dict()
-    diff = sorted(k for k, v in cfg.to_dict().items() if old.get(k) != v and k not in RESUMABLE_CHANGES)
-    if diff:
-        raise ConfigError(f"{run_dir} holds a run with a different recipe ({', '.join(diff)} changed); resume it "
-                          "with its own train_config.json or choose another --out")
 
 
-def _truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop metrics logged after the resumed checkpoint (they are re-logged by the replayed steps)."""
-    path = run_dir / "metrics.jsonl"
-    if path.exists():
-        kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, path)
 
 
 def train_gpt(cfg: GPTTrainConfig, run_dir: str | os.PathLike, device: str | None = None,
@@ -435,7 +417,8 @@ def train_gpt(cfg: GPTTrainConfig, run_dir: str | os.PathLike, device: str | Non
     """
     run_dir = Path(run_dir)
     info = init_distributed(device)
-    _check_resume_config(run_dir, cfg)  # on every rank, so that none is left waiting for a failed one
+    # on every rank, so that none is left waiting for a failed one
+    check_resume_config(run_dir, cfg, RESUMABLE_CHANGES)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
     barrier()
@@ -443,7 +426,7 @@ def train_gpt(cfg: GPTTrainConfig, run_dir: str | os.PathLike, device: str | Non
     start = tr.resume()
     if info.is_main:
         cfg.save(run_dir / "train_config.json")
-        _truncate_metrics(run_dir, start)
+        truncate_metrics(run_dir, start)
     tr.tracker = Tracker(run_dir, enabled=info.is_main)
     if start >= tr.total_steps and (run_dir / "final").exists():
         log.info("%s is already complete (%d steps)", run_dir, start)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -314,27 +313,8 @@ def resolved_recipe(cfg: TokenizerTrainConfig) -> TokenizerTrainConfig:
     return cfg.replace(model=resolve_model_config(cfg), model_overrides=(), image_size=0)
 
 
-def _check_resume_config(run_dir: Path, cfg: TokenizerTrainConfig) -> None:
-    path = run_dir / "train_config.json"
-    if not path.exists():
-        return
-    old = TokenizerTrainConfig.load(path).to_dict()
-    diff = sorted(k for k, v in cfg.to_dict().items() if old.get(k) != v and k not in RESUMABLE_CHANGES)
-    if diff:
-        raise ConfigError(f"{run_dir} holds a run with a different recipe ({', '.join(diff)} changed); resume it "
-                          "with its own train_config.json or choose another output directory")
 
 
-def _truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop metrics logged after the resumed checkpoint: the replayed steps log them again."""
-    from .tracker import read_metrics
-
-    path = run_dir / "metrics.jsonl"
-    if path.exists():
-        kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, path)
 
 
 def train_tokenizer(cfg: TokenizerTrainConfig, run_dir: str | os.PathLike, stop_after: int | None = None,
@@ -357,20 +337,21 @@ def train_tokenizer(cfg: TokenizerTrainConfig, run_dir: str | os.PathLike, stop_
     from .distributed import all_reduce_sum, barrier, init_distributed
     from .schedule import lr_at
     from .tokenizer_runner import Trainer
-    from .tracker import Tracker
+    from .checkpoint import check_resume_config
+    from .tracker import Tracker, truncate_metrics
 
     run_dir = Path(run_dir)
     info = init_distributed(cfg.device)
     cfg = resolved_recipe(cfg)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _check_resume_config(run_dir, cfg)
+        check_resume_config(run_dir, cfg, RESUMABLE_CHANGES)
     barrier()
     tr = Trainer(cfg, run_dir, info)
     start = step = tr.resume()
     if info.is_main:
         cfg.save(run_dir / "train_config.json")
-        _truncate_metrics(run_dir, start)
+        truncate_metrics(run_dir, start)
     tracker = Tracker(run_dir, enabled=info.is_main)
     if start >= cfg.total_steps and (run_dir / "final").exists():
         tracker.close()

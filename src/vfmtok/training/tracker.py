@@ -55,3 +55,13 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(run_dir: str | os.PathLike, step: int) -> None:
+    """Drop the records logged after ``step`` (a resumed run replays those steps and logs them again)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if path.exists():
+        kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, path)
