@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 from pathlib import Path
 
 HELP = "sample images from a GPT + tokenizer (class-balanced labels, CFG schedules) into PNGs and an ADM .npz"
