@@ -3,8 +3,10 @@ process management: multi-GPU runs are started with ``torchrun --nproc-per-node 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -104,3 +106,46 @@ def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
     return model.state_dict()
+
+
+# ----------------------------------------------------------------------------------- FSDP-aware state (both trainers)
+def is_fsdp(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    return isinstance(model, FullyShardedDataParallel)
+
+
+def fsdp_full_state(model: nn.Module) -> contextlib.AbstractContextManager:
+    """FSDP context in which model and optimiser state dicts are full, unsharded and on CPU on every rank."""
+    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, FullyShardedDataParallel
+    from torch.distributed.fsdp import StateDictType
+
+    return FullyShardedDataParallel.state_dict_type(
+        model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True, rank0_only=False),
+        FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=False))
+
+
+def clean_param_name(name: str) -> str:
+    """A parameter name without the FSDP / torch.compile / DDP wrapper prefixes (the bare model's name)."""
+    name = name.replace("_fsdp_wrapped_module.", "").replace("_orig_mod.", "")
+    return name[len("module."):] if name.startswith("module.") else name
+
+
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimiser's full state dict (collective under FSDP)."""
+    if is_fsdp(model):
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        with fsdp_full_state(model):
+            return FullyShardedDataParallel.optim_state_dict(model, optimizer)
+    return optimizer.state_dict()
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a full optimiser state dict written by :func:`optimizer_state` (collective under FSDP)."""
+    if is_fsdp(model):
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        with fsdp_full_state(model):
+            state = FullyShardedDataParallel.optim_state_dict_to_load(model, optimizer, state)
+    optimizer.load_state_dict(state)

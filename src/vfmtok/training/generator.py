@@ -35,7 +35,8 @@ from ..config import ConfigBase, ConfigError
 from ..data.tokens import CodeDataset
 from ..generator import GPT, GPTConfig, gpt_preset
 from .checkpoint import check_resume_config, latest_checkpoint, load_checkpoint, save_checkpoint
-from .distributed import DistInfo, all_reduce_sum, barrier, full_state_dict, init_distributed, wrap_model
+from .distributed import (DistInfo, all_reduce_sum, barrier, clean_param_name, fsdp_full_state, full_state_dict,
+                          init_distributed, is_fsdp, load_optimizer_state, optimizer_state, wrap_model)
 from .ema import EMA, _unwrap
 from .sampler import ResumableSampler
 from .schedule import lr_at, set_lr
@@ -138,27 +139,6 @@ def _batches(sampler: ResumableSampler, steps_per_epoch: int, per_rank: int, ste
 
 
 # ---------------------------------------------------------------------------------------------------- state helpers
-def _is_fsdp(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    return isinstance(model, FullyShardedDataParallel)
-
-
-def _fsdp_full(model: nn.Module) -> contextlib.AbstractContextManager:
-    """FSDP context in which state dicts (model and optimiser) are full, unsharded and on CPU on every rank."""
-    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, FullyShardedDataParallel
-    from torch.distributed.fsdp import StateDictType
-
-    return FullyShardedDataParallel.state_dict_type(
-        model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True, rank0_only=False),
-        FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=False))
-
-
-def _clean_name(name: str) -> str:
-    name = name.replace("_fsdp_wrapped_module.", "").replace("_orig_mod.", "")
-    return name[len("module."):] if name.startswith("module.") else name
-
-
 def _build_adamw(model: nn.Module, decay_names: set[str], lr: float, betas: tuple[float, float],
                  weight_decay: float) -> torch.optim.AdamW:
     """AdamW with decay on the parameters named in ``decay_names`` (those with >= 2 dims, decided on the bare model
@@ -167,7 +147,7 @@ def _build_adamw(model: nn.Module, decay_names: set[str], lr: float, betas: tupl
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if _clean_name(name) in decay_names else no_decay).append(p)
+            (decay if clean_param_name(name) in decay_names else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = all(p.is_cuda for p in decay + no_decay)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=True if fused else None)
@@ -180,36 +160,18 @@ def _model_state(model: nn.Module) -> dict[str, Tensor]:
 
 def _ema_state(model: nn.Module, ema: EMA) -> dict[str, Tensor]:
     """Full state dict with the EMA weights (collective under FSDP, whose EMA shadows are the local shards)."""
-    if _is_fsdp(model):
+    if is_fsdp(model):
         with ema.applied_to(model):
             return _model_state(model)
     return ema.model_state_dict(model)
 
 
 def _load_model_state(model: nn.Module, state: dict[str, Tensor]) -> None:
-    if _is_fsdp(model):
-        with _fsdp_full(model):
+    if is_fsdp(model):
+        with fsdp_full_state(model):
             model.load_state_dict(state)
     else:
         _unwrap(model).load_state_dict(state)
-
-
-def _optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    if _is_fsdp(model):
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        with _fsdp_full(model):
-            return FullyShardedDataParallel.optim_state_dict(model, optimizer)
-    return optimizer.state_dict()
-
-
-def _load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    if _is_fsdp(model):
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        with _fsdp_full(model):
-            state = FullyShardedDataParallel.optim_state_dict_to_load(model, optimizer, state)
-    optimizer.load_state_dict(state)
 
 
 class _Trainer:
@@ -261,7 +223,7 @@ class _Trainer:
         """Checkpoint ``step`` (collective: every rank takes part in gathering the state, rank 0 writes)."""
         model_state = _model_state(self.model)
         ema_state = _ema_state(self.model, self.ema) if self.ema else None
-        optim_state = _optimizer_state(self.model, self.optimizer)
+        optim_state = optimizer_state(self.model, self.optimizer)
         if self.info.is_main:
             train_state = {"optimizer": optim_state, "world_size": self.info.world_size,
                            "epoch": step // self.steps_per_epoch, "metrics": dict(self.metrics)}
@@ -280,7 +242,7 @@ class _Trainer:
             _load_model_state(self.model, data["ema"])
             self.ema = EMA(self.model, self.cfg.ema_decay)
         _load_model_state(self.model, data["model"])
-        _load_optimizer_state(self.model, self.optimizer, data["state"]["optimizer"])
+        load_optimizer_state(self.model, self.optimizer, data["state"]["optimizer"])
         self.metrics = dict(data["state"].get("metrics", {}))
         log.info("resumed from %s (step %d)", ckpt.path, ckpt.step)
         return ckpt.step

@@ -7,7 +7,6 @@ rank) and the EMA shadows are the local shards. The frozen backbone is never che
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -26,7 +25,8 @@ from ..losses.lpips import load_lpips
 from ..tokenizer.model import VFMTokenizer
 from . import tokenizer_setup as setup
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .distributed import DistInfo, all_reduce_sum, barrier, full_state_dict, wrap_model
+from .distributed import (DistInfo, all_reduce_sum, barrier, clean_param_name, fsdp_full_state, full_state_dict,
+                          is_fsdp, load_optimizer_state, optimizer_state, wrap_model)
 from .ema import EMA, _unwrap
 from .feature_cache import build_feature_cache
 from .sampler import ResumableSampler
@@ -98,21 +98,6 @@ def save_grid(grid: np.ndarray, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 # state: bare, DDP and FSDP models; the frozen backbone is not checkpointed (it comes from backbone_weights)
 # ---------------------------------------------------------------------------------------------------------------------
-def is_fsdp(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    return isinstance(model, FullyShardedDataParallel)
-
-
-def _fsdp_full(model: nn.Module) -> contextlib.AbstractContextManager:
-    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, FullyShardedDataParallel
-    from torch.distributed.fsdp import StateDictType
-
-    return FullyShardedDataParallel.state_dict_type(
-        model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True, rank0_only=False),
-        FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=False))
-
-
 def full_model_state(model: nn.Module, trainable_only: bool = True) -> dict[str, Tensor]:
     """Unsharded CPU copy of the state dict (collective under FSDP); without ``backbone.`` keys by default."""
     state = full_state_dict(model)
@@ -132,7 +117,7 @@ def full_ema_state(model: nn.Module, ema: EMA, trainable_only: bool = True) -> d
 def load_model_state(model: nn.Module, state: dict[str, Tensor], where: str) -> None:
     """Load a trainable-only state dict; every key outside the frozen backbone must be present."""
     if is_fsdp(model):
-        with _fsdp_full(model):
+        with fsdp_full_state(model):
             missing, unexpected = model.load_state_dict(state, strict=False)
     else:
         missing, unexpected = _unwrap(model).load_state_dict(state, strict=False)
@@ -141,31 +126,13 @@ def load_model_state(model: nn.Module, state: dict[str, Tensor], where: str) -> 
         raise ModelLoadError(f"{where}: missing keys {missing[:10]}, unexpected keys {list(unexpected)[:10]}")
 
 
-def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    if is_fsdp(model):
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        with _fsdp_full(model):
-            return FullyShardedDataParallel.optim_state_dict(model, optimizer)
-    return optimizer.state_dict()
-
-
-def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    if is_fsdp(model):
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        with _fsdp_full(model):
-            state = FullyShardedDataParallel.optim_state_dict_to_load(model, optimizer, state)
-    optimizer.load_state_dict(state)
-
-
 def _optimizer(model: nn.Module, decay_names: set[str], cfg: TokenizerTrainConfig) -> torch.optim.Optimizer:
     """Adam / AdamW over the trainable parameters; with weight decay, only tensors of >= 2 dims decay (the rule of
     :mod:`vfmtok.training.optim`, decided on the bare model because FSDP flattens shapes)."""
     decay, rest = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if _clean_name(name) in decay_names else rest).append(p)
+            (decay if clean_param_name(name) in decay_names else rest).append(p)
     groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0})
               if g["params"]]
     fused = True if all(p.is_cuda for g in groups for p in g["params"]) else None
@@ -174,10 +141,6 @@ def _optimizer(model: nn.Module, decay_names: set[str], cfg: TokenizerTrainConfi
         raise ConfigError("optimizer 'adam' with weight_decay > 0 would add coupled L2; use optimizer='adamw'")
     return cls(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused)
 
-
-def _clean_name(name: str) -> str:
-    name = name.replace("_fsdp_wrapped_module.", "").replace("_orig_mod.", "")
-    return name[len("module."):] if name.startswith("module.") else name
 
 
 class Trainer:
