@@ -1,4 +1,4 @@
-"""Learning-rate schedules as pure functions of the step: linear warm-up, then a cosine that really decays, or constant."""
+"""Learning-rate schedules as pure functions of the step: linear warm-up, then cosine (really decaying) or constant."""
 
 from __future__ import annotations
 
