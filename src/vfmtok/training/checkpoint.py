@@ -1,6 +1,6 @@
 """Atomic, resumable training checkpoints.
 
-A checkpoint is a directory ``<run>/checkpoints/step-XXXXXXXX/`` holding ``model.safetensors`` (raw weights),
+A checkpoint is a directory ``<run>/checkpoints/step-<step as 8 digits>/`` holding ``model.safetensors`` (raw weights),
 ``ema.safetensors`` (EMA weights, what gets released), ``config.json`` (the model config) and ``state.pt`` (optimiser,
 scheduler, EMA, RNG and data-position state, loadable with ``weights_only=True``). It is written into a temporary
 directory and renamed into place, and ``<run>/checkpoints/latest`` is replaced atomically afterwards, so a run killed at
