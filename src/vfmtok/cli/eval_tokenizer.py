@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="side the metrics are computed at after a PIL bicubic resize (official: 256); 0 = native")
     parser.add_argument("--vfm", choices=("bundled", "tokenizer", "none"), default="bundled",
                         help="VFM features for rFD: the bundled DINOv2-S/14 (default, comparable across tokenizers), "
-                             "the tokenizer's own frozen backbone, or none")
+                             "the tokenizer's own frozen backbone (not for encoder_type=cnn tokenizers), or none")
     parser.add_argument("--extractor", action="append", choices=("efficientnet-lite0",), default=[],
                         help="additional (non-VFM) feature extractor(s) for rFD")
     parser.add_argument("--vfm-size", type=int, default=224,
@@ -117,6 +117,9 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.data).exists():
         raise FileNotFoundError(f"data folder not found: {args.data}")
     tok = VFMTokenizer.from_pretrained(args.tokenizer, device=args.device).eval()
+    if args.vfm == "tokenizer" and not tok.has_backbone:
+        raise UserError(f"--vfm tokenizer: {args.tokenizer} has encoder_type='cnn' (no frozen VFM of its own); "
+                        "use --vfm bundled (or none)")
     size = tok.config.image_size
     dataset = open_eval_dataset(args.data, size)
     extractors = _build_extractors(args, tok)

@@ -3,7 +3,7 @@
 The image is ADM-centre-cropped to the tokenizer's size and encoded; for one encoder layer (default: the last) every
 token's sampling points (all heads, levels and points) are drawn over the image, coloured by token and sized by their
 attention weight. The left panel shows the fixed anchor reference points in the same colours. Needs a tokenizer with
-``quantization="deformable"``. Rendering uses matplotlib's Agg backend (no display needed).
+``encoder_type="vfm"`` and ``quantization="deformable"``. Rendering uses matplotlib's Agg backend (no display needed).
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     image = read_image(args.image)
     tok = VFMTokenizer.from_pretrained(args.tokenizer, device=args.device)
     cfg = tok.config
+    if cfg.encoder_type != "vfm":
+        raise UserError(f"{args.tokenizer}: encoder_type={cfg.encoder_type!r} encodes with a CNN, which has no "
+                        "deformable sampling points (regions needs a VFMTok tokenizer)")
     if cfg.quantization != "deformable":
         raise UserError(f"{args.tokenizer}: quantization={cfg.quantization!r} has no deformable sampling points")
     if not -cfg.enc_depth <= args.layer < cfg.enc_depth:

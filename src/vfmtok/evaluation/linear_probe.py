@@ -136,9 +136,7 @@ class ProbeableTokenizer(Protocol):
 
     post_quant_proj: nn.Module
 
-    def backbone_features(self, images: Tensor) -> object: ...
-
-    def encode_features(self, features: object) -> Tensor: ...
+    def encode_slots(self, images: Tensor) -> Tensor: ...
 
     def quantize(self, slots: Tensor) -> object: ...
 
@@ -156,7 +154,7 @@ class ProbeFeatures(NamedTuple):
 @torch.no_grad()
 def tokenizer_probe_features(tokenizer: ProbeableTokenizer, images: Tensor) -> ProbeFeatures:
     """``images``: (B, 3, S, S) float in [-1, 1] at the tokenizer's image size -> :class:`ProbeFeatures` (float32)."""
-    slots = tokenizer.encode_features(tokenizer.backbone_features(images))  # (B, L, dim)
+    slots = tokenizer.encode_slots(images)  # (B, L, dim)
     codes = tokenizer.quantize(slots).idx  # type: ignore[attr-defined]  # (B, L)
     tokens = tokenizer.post_quant_proj(tokenizer.codes_to_embeddings(codes))  # (B, L, dim)
     return ProbeFeatures(tokens=tokens.float().mean(1), slots=slots.float().mean(1))

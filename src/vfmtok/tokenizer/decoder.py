@@ -90,7 +90,8 @@ class TokenDecoder(nn.Module):
         num_tokens: L, the number of quantised tokens (memory).
         vfm_grid: G; the position table covers 1 + G*G entries and the semantic pass emits G*G predictions.
         pixel_grid: g; the pixel pass emits a (dim, g, g) map.
-        target_dim: width of the VFM semantic target (``proj`` output).
+        target_dim: width of the VFM semantic target (``proj`` output); 0 builds no semantic pass at all (no
+            ``mask_dino``, ``norm_post2`` or ``proj``: a tokenizer without a VFM, e.g. ``encoder_type="cnn"``).
         depth, num_heads, mlp_dim: transformer shape (SwiGLU hidden = :func:`swiglu_hidden` of ``mlp_dim``).
         attn_dropout: attention-probability dropout in training (0.1 officially).
         num_registers: register tokens appended at the end of the sequence (4).
@@ -120,13 +121,16 @@ class TokenDecoder(nn.Module):
         self.position_embedding = nn.Parameter(torch.randn(1, 1 + vfm_grid * vfm_grid, dim) * scale)
         self.slot_position_embedding = nn.Parameter(torch.randn(1, num_tokens, dim) * scale)
         self.mask_embedding = nn.Parameter(torch.randn(1, 1, dim) * scale)  # pixel query
-        self.mask_dino = nn.Parameter(torch.randn(1, 1, dim) * scale)  # semantic (VFM-feature) query
+        self.has_semantic = target_dim > 0
+        if self.has_semantic:
+            self.mask_dino = nn.Parameter(torch.randn(1, 1, dim) * scale)  # semantic (VFM-feature) query
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * scale)
         self.register_tokens = nn.Parameter(torch.zeros(1, num_registers, dim))
         self.blocks = nn.ModuleList(DecoderBlock(dim, num_heads, mlp_dim, attn_dropout) for _ in range(depth))
         self.norm_post1 = nn.LayerNorm(dim)
-        self.norm_post2 = nn.LayerNorm(dim)
-        self.proj = nn.Linear(dim, target_dim)
+        if self.has_semantic:
+            self.norm_post2 = nn.LayerNorm(dim)
+            self.proj = nn.Linear(dim, target_dim)
         self.apply(self._init_weights)
 
     @staticmethod
@@ -169,6 +173,8 @@ class TokenDecoder(nn.Module):
 
     def forward_semantic(self, tokens: Tensor) -> Tensor:
         """``tokens``: (B, L, dim) -> (B, G*G, target_dim) predicted VFM target tokens (row-major grid)."""
+        if not self.has_semantic:
+            raise ValueError("this token decoder has no semantic pass (built with target_dim=0: no VFM target)")
         b = tokens.shape[0]
         pe = self.position_embedding
         queries = torch.cat((self.cls_token + pe[:, :1], self.mask_dino + pe[:, 1:]), dim=1).expand(b, -1, -1)

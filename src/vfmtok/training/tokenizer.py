@@ -141,6 +141,22 @@ class TokenizerTrainConfig(ConfigBase):
                 "cache_features=true needs a deterministic training transform, but crop='random' changes what the "
                 "frozen VFM sees every epoch. Use crop='center' or crop='resize' (hflip stays possible: both "
                 "orientations are cached), or set cache_features=false.")
+        if self.model is not None and self.model.encoder_type == "cnn":
+            self._check_cnn()
+
+    def _check_cnn(self) -> None:
+        """A tokenizer without a VFM (``encoder_type="cnn"``) has no semantic target, nothing frozen to cache and no
+        VFM for the DINO discriminator: refuse those settings rather than silently ignore them. (With a preset and
+        ``model_overrides`` this runs when the recipe is resolved, at the start of training.)"""
+        if self.semantic_weight > 0:
+            raise ConfigError(f"TokenizerTrainConfig.semantic_weight={self.semantic_weight}: encoder_type='cnn' has "
+                              "no VFM, so there is no semantic target; set semantic_weight=0")
+        if self.cache_features:
+            raise ConfigError("TokenizerTrainConfig.cache_features=true: encoder_type='cnn' has no frozen backbone "
+                              "whose features could be cached; set cache_features=false")
+        if self.disc_type == "dino" and self.disc_features == "vfm":
+            raise ConfigError("TokenizerTrainConfig.disc_features='vfm': encoder_type='cnn' has no VFM for the DINO "
+                              "discriminator; use disc_features='bundled'")
 
 
 # The released recipe (reference §2.3): README command (global batch 16, 50 epochs of ImageNet-1k at 336, bf16) and
@@ -229,7 +245,8 @@ def train_step(parts: TrainParts, cfg: TokenizerTrainConfig, x: Tensor, feats: B
     gan_w = gan_weight(step + 1, cfg.disc_start, cfg.disc_weight) if parts.disc is not None else 0.0
     set_lr(parts.optimizer, lr)
     # DDP needs every parameter to receive a gradient: run the semantic pass even at weight 0 when distributed
-    semantic = cfg.semantic_weight > 0 or hasattr(parts.model, "no_sync")
+    # (a tokenizer without a VFM has no semantic pass and no parameters for it)
+    semantic = parts.tokenizer.has_backbone and (cfg.semantic_weight > 0 or hasattr(parts.model, "no_sync"))
     terms = {k: torch.zeros((), device=dev) for k in ("loss", "pixel", "lpips", "semantic", "vq", "commit",
                                                          "entropy", "g_adv")}
     hist = torch.zeros(parts.tokenizer.config.codebook_size, dtype=torch.int64, device=dev)

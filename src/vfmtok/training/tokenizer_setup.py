@@ -76,7 +76,8 @@ def load_backbone_weights(tokenizer: VFMTokenizer, source: str) -> None:
 
 
 def build_tokenizer(cfg: TokenizerTrainConfig, model_config: TokenizerConfig) -> VFMTokenizer:
-    """The tokenizer (CPU, fp32, training mode) with its backbone weights, or every weight from ``cfg.init_from``."""
+    """The tokenizer (CPU, fp32, training mode) with its backbone weights, or every weight from ``cfg.init_from``.
+    ``encoder_type="cnn"`` has no backbone: ``backbone_weights`` is not used (a non-default value is logged)."""
     tokenizer = VFMTokenizer(model_config)
     if cfg.init_from:
         path = Path(cfg.init_from)
@@ -84,6 +85,9 @@ def build_tokenizer(cfg: TokenizerTrainConfig, model_config: TokenizerConfig) ->
             raise FileNotFoundError(f"init_from: no {WEIGHTS_NAME} in {path}")
         tokenizer.load_pretrained_state_dict(load_state_dict(path / WEIGHTS_NAME), where=str(path / WEIGHTS_NAME))
         log.info("initialised every weight from %s", path)
+    elif not tokenizer.has_backbone:
+        if cfg.backbone_weights != "random":
+            log.info("backbone_weights=%s is not used: encoder_type='cnn' has no backbone", cfg.backbone_weights)
     else:
         load_backbone_weights(tokenizer, cfg.backbone_weights)
     return tokenizer.train()
@@ -108,6 +112,8 @@ def build_discriminator(cfg: TokenizerTrainConfig, tokenizer: VFMTokenizer, devi
     if cfg.disc_type == "patchgan":
         return PatchGANDiscriminator(PatchGANConfig()).to(device)
     if cfg.disc_features == "vfm":
+        if not tokenizer.has_backbone:
+            raise ConfigError("disc_features='vfm': encoder_type='cnn' has no VFM; use disc_features='bundled'")
         net = tokenizer.backbone
         disc_cfg = DinoDiscConfig(feature_dims=tuple(net.feature_dims), input_size=0)
     else:
