@@ -81,6 +81,35 @@ def test_kv_cache_equals_full_recompute(kwargs):
     assert len(set(runs[None].flatten().tolist())) > 20  # really sampled, not collapsed
 
 
+@pytest.mark.parametrize(
+    "options", [{"fuse": False}, {"fuse": False, "fuse_w13": False}, True], ids=["eager", "eager-unfused-w13", "compiled"]
+)
+def test_fast_path_equals_plain_path(options):
+    """The fast decoder (issue 6) gives the plain path's tokens, same seed, fp32 on CPU; also after weight updates."""
+    gpt = _tiny(block_size=16)
+    labels = torch.tensor([0, 3, 7])
+    for kwargs in (dict(temperature=0.7, top_k=20), dict(cfg_scale=3.0, top_p=0.9)):
+        plain = sample(gpt, labels, generator=torch.Generator().manual_seed(1), baseline="plain", **kwargs)
+        fast = sample(gpt, labels, generator=torch.Generator().manual_seed(1), compile=options, **kwargs)
+        assert torch.equal(plain, fast), kwargs
+        assert len(set(fast.flatten().tolist())) > 10
+    with torch.no_grad():  # the cached decoder must see in-place weight updates (fused w1/w3 re-copied)
+        for layer in gpt.layers:
+            layer.feed_forward.w3.weight.mul_(1.5)
+    plain = sample(gpt, labels, generator=torch.Generator().manual_seed(2), cfg_scale=3.0, baseline="plain")
+    fast = sample(gpt, labels, generator=torch.Generator().manual_seed(2), cfg_scale=3.0, compile=options)
+    assert torch.equal(plain, fast)
+
+
+def test_official_baseline_compiled_matches_eager():
+    gpt = _tiny(block_size=16)
+    labels = torch.tensor([2, 5])
+    eager = sample(gpt, labels, generator=torch.Generator().manual_seed(3), baseline="official", cfg_scale=2.0)
+    compiled = sample(gpt, labels, generator=torch.Generator().manual_seed(3), baseline="official", cfg_scale=2.0,
+                      compile=True)
+    assert torch.equal(eager, compiled)
+
+
 def test_same_generator_state_same_codes():
     gpt = _tiny(block_size=16)
     labels = torch.tensor([1, 2, 3])
@@ -102,6 +131,8 @@ def test_sample_restores_mode_and_checks_arguments():
         sample(gpt, torch.tensor([1]), baseline="fast")
     with pytest.raises(ValueError, match="compile"):
         sample(gpt, torch.tensor([1]), compile=True, baseline="plain")
+    with pytest.raises(ValueError, match="fast-decoder options"):
+        sample(gpt, torch.tensor([1]), compile={"fusion": True})
     with pytest.raises(ValueError, match="null class"):
         sample(_tiny(class_dropout_prob=0.0), torch.tensor([1]), cfg_scale=2.0)
 
@@ -174,7 +205,7 @@ def test_balanced_labels():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("compile", [True, "cudagraph"])
+@pytest.mark.parametrize("compile", [True, {"fuse": False}], ids=["fused", "graphs-only"])
 def test_cuda_graph_paths_match_eager(compile):
     gpt = _tiny().cuda()
     labels = torch.tensor([0, 3, 7, 9], device="cuda")

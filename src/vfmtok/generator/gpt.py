@@ -213,6 +213,12 @@ class KVCache:
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
 
 
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """``x / rms(x) * weight`` over the last dim, normalised in fp32 and cast back to x's dtype (LlamaGen)."""
+    xf = x.float()
+    return (xf * torch.rsqrt(torch.mean(xf * xf, dim=-1, keepdim=True) + eps)).type_as(x) * weight
+
+
 class RMSNorm(nn.Module):
     """``x / rms(x) * weight``, normalised in fp32 and cast back (LlamaGen)."""
 
@@ -222,8 +228,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(torch.mean(xf * xf, dim=-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        return rms_norm(x, self.weight, self.eps)
 
 
 class FeedForward(nn.Module):
@@ -326,7 +331,7 @@ class GPT(nn.Module, PretrainedMixin):
         self.norm = RMSNorm(config.dim, eps=config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         # Not in the state dict (LlamaGen keeps it as a plain attribute); kept float32 by ``_apply`` below.
-        self.register_buffer("freqs_cis", self._rope_table(), persistent=False)
+        self.register_buffer("freqs_cis", self._rope_table().to(self.output.weight.device), persistent=False)
         self.initialize_weights()
 
     def _rope_table(self) -> Tensor:

@@ -11,13 +11,15 @@ Nothing in the loop reads a device value on the host, so CUDA work is queued wit
 the exponential-race form of the categorical draw (``argmax(p / E)``, E ~ Exp(1)), which is exact and avoids the
 host round trip of ``torch.multinomial``.
 
-Three decoding paths produce the same tokens for the same generator state:
+The decoding paths produce the same tokens for the same generator state (exactly in fp32 on CPU; on GPU up to the
+kernels' rounding):
 
-- default: :class:`~vfmtok.generator.gpt.KVCache` in ``"prefix"`` mode (attention over the filled prefix only),
-  or with ``compile=True`` the ``"static"`` mode (fixed shapes), replayed as a CUDA graph on GPU and run under
-  ``torch.compile`` on CPU;
+- default: :class:`~vfmtok.generator.gpt.KVCache` in ``"prefix"`` mode (attention over the filled prefix only);
+- ``compile=True``: the fast path, :class:`~vfmtok.generator.fast_decode.FastDecoder` (fused layer halves under
+  ``torch.compile``, one CUDA graph per position on CUDA);
 - ``baseline="plain"``: recompute the whole sequence every step (the reference the tests compare against);
-- ``baseline="official"``: LlamaGen's ``generate`` decoding (full-length boolean mask, K/V copied every step).
+- ``baseline="official"``: LlamaGen's ``generate`` decoding (full-length boolean mask, K/V copied every step),
+  eager or, with ``compile=True``, under ``torch.compile(mode="reduce-overhead")`` as LlamaGen runs it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from .fast_decode import FastDecoder
 from .gpt import GPT, KVCache
 
 CFG_SCHEDULES = ("constant", "linear", "power-cosine")
@@ -177,48 +180,21 @@ class _CachedDecoder:
         return self.gpt.decode_step(codes, self.cache, pos)
 
 
-class _CompiledDecoder(_CachedDecoder):
-    """CPU path of ``compile=True``: the ``"static"``-cache decode step under ``torch.compile``."""
+class _OfficialCompiledDecoder(_CachedDecoder):
+    """``baseline="official"`` with ``compile=True``: the official decode step under
+    ``torch.compile(mode="reduce-overhead", fullgraph=True)``, as LlamaGen's ``generate`` compiles ``decode_one_token``
+    (our step excludes the sampling, which LlamaGen's compiled function includes)."""
 
     def __init__(self, gpt: GPT, rows: int) -> None:
-        super().__init__(gpt, rows, "static")
-        self.compiled = torch.compile(super().step, fullgraph=True, dynamic=False)
+        super().__init__(gpt, rows, "official")
+        # LlamaGen's caches are module buffers, i.e. static addresses that the CUDA graphs may mutate in place
+        for t in (self.cache.k, self.cache.v, self.cache.causal_mask):
+            torch._dynamo.mark_static_address(t)
+        self.compiled = torch.compile(super().step, mode="reduce-overhead", fullgraph=True)
 
     def step(self, codes: Tensor, pos: int | Tensor) -> Tensor:
-        return self.compiled(codes, pos)
-
-
-class _GraphDecoder(_CachedDecoder):
-    """CUDA path of ``compile=True``: the ``"static"``-cache decode step captured once in a CUDA graph.
-
-    Every step copies the token and position into the graph's static inputs and replays it: one launch instead of
-    the ~40 kernels per layer that bound small-batch decoding on the host. The returned logits live in the graph's
-    output buffer and are overwritten by the next step, so the caller consumes them first (``generate`` does).
-    The graph reads the model's parameters in place: in-place weight updates are seen, replaced tensors are not.
-    Capturing the ``torch.compile``d step instead was measured slower (GPT-B, 256 rows, H100: 19 ms against 2.3 ms
-    per step), so the graph holds the eager kernels.
-    """
-
-    def __init__(self, gpt: GPT, rows: int) -> None:
-        super().__init__(gpt, rows, "static")
-        device = self.cache.k.device
-        self.codes_in = torch.zeros(rows, 1, dtype=torch.long, device=device)
-        self.pos_in = self.positions[1:2].clone()
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # warm up outside the capture (lazy inits, kernel selection)
-            for _ in range(2):
-                super().step(self.codes_in, self.pos_in)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits_out = super().step(self.codes_in, self.pos_in)
-
-    def step(self, codes: Tensor, pos: int | Tensor) -> Tensor:
-        self.codes_in.copy_(codes)
-        self.pos_in.copy_(pos)
-        self.graph.replay()
-        return self.logits_out
+        # a fresh position tensor every step, as LlamaGen's ``input_pos``; the output is overwritten by the next replay
+        return self.compiled(codes, pos.clone()).clone()
 
 
 class _PlainDecoder:
@@ -238,27 +214,52 @@ class _PlainDecoder:
         return self.gpt(self.codes[:, : step + 1], self.rows)[:, -1]
 
 
-# Compiled decoders are kept per model and batch shape so repeated calls reuse the compiled graph and its buffers.
-_COMPILED: weakref.WeakKeyDictionary[GPT, dict[tuple, _CachedDecoder]] = weakref.WeakKeyDictionary()
+# The compiled decoder of a model (fast path, or the compiled official baseline) is kept, one per model: a new batch
+# shape, dtype, device, path or option set replaces it (freeing the old KV cache), so repeated calls reuse its compiled
+# functions and captured graphs instead of compiling again.
+_COMPILED: weakref.WeakKeyDictionary[GPT, tuple[tuple, FastDecoder | _OfficialCompiledDecoder]] = (
+    weakref.WeakKeyDictionary()
+)
+FAST_DEFAULTS = {"fuse": True, "graphs": True, "fuse_w13": True, "attn_backend": None}
 
 
-def _decoder(gpt: GPT, rows: int, baseline: str | None, compile: bool) -> _CachedDecoder | _PlainDecoder:
+def clear_decoder_cache(gpt: GPT | None = None) -> None:
+    """Drop the cached compiled decoder (KV cache, graphs) of ``gpt``, or of every model."""
+    if gpt is None:
+        _COMPILED.clear()
+    else:
+        _COMPILED.pop(gpt, None)
+
+
+def _decoder(gpt: GPT, rows: int, baseline: str | None, compile: bool | dict):
     if baseline is not None and baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; expected None or one of {BASELINES}")
-    if compile and baseline is not None:
-        raise ValueError("compile applies to the default KV-cached path only, not to a baseline")
     if baseline == "plain":
+        if compile:
+            raise ValueError("compile applies to the KV-cached paths, not to baseline='plain'")
         return _PlainDecoder(gpt, rows)
-    if baseline == "official":
-        return _CachedDecoder(gpt, rows, "official")
     if not compile:
-        return _CachedDecoder(gpt, rows, "prefix")
+        return _CachedDecoder(gpt, rows, "official" if baseline == "official" else "prefix")
+    options = dict(FAST_DEFAULTS)
+    if isinstance(compile, dict):
+        unknown = set(compile) - set(FAST_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown fast-decoder options {sorted(unknown)}; expected {sorted(FAST_DEFAULTS)}")
+        options.update(compile)
     weight = gpt.tok_embeddings.weight
-    key = (rows, weight.dtype, weight.device)
-    per_model = _COMPILED.setdefault(gpt, {})
-    if key not in per_model:
-        per_model[key] = _GraphDecoder(gpt, rows) if weight.is_cuda else _CompiledDecoder(gpt, rows)
-    return per_model[key]
+    key = (baseline, rows, weight.dtype, weight.device, tuple(sorted(options.items())))
+    cached = _COMPILED.get(gpt)
+    if cached is not None and cached[0] == key:
+        decoder = cached[1]
+        if isinstance(decoder, FastDecoder):
+            decoder.refresh()
+        return decoder
+    _COMPILED.pop(gpt, None)  # free the old cache before allocating the new one
+    if weight.is_cuda:
+        torch.cuda.empty_cache()
+    decoder = _OfficialCompiledDecoder(gpt, rows) if baseline == "official" else FastDecoder(gpt, rows, **options)
+    _COMPILED[gpt] = (key, decoder)
+    return decoder
 
 
 @torch.no_grad()
@@ -271,7 +272,7 @@ def generate(
     cfg_schedule: str = "constant",
     cfg_power: float = 1.0,
     cfg_interval: tuple[int, int | None] | None = None,
-    compile: bool = False,
+    compile: bool | dict = False,
     baseline: str | None = None,
 ) -> Tensor:
     """Decode ``block_size`` tokens per label, choosing each token with ``pick``.
@@ -283,8 +284,10 @@ def generate(
         labels: (B,) int64 class labels in [0, num_classes].
         cfg_scale, cfg_schedule, cfg_power, cfg_interval: guidance (see :func:`cfg_scales`); CFG doubles the batch
             to ``[cond; null]`` rows when any step's scale differs from 1.
-        compile: decode with static shapes: on CUDA the step is captured once in a CUDA graph and replayed, on
-            CPU it runs under ``torch.compile``. Cached per model, batch size, dtype and device.
+        compile: the fast path (:class:`~vfmtok.generator.fast_decode.FastDecoder`: fused layer halves under
+            ``torch.compile``, one CUDA graph per position on CUDA); True, or a dict of its options (``fuse``,
+            ``graphs``, ``fuse_w13``). The decoder is kept per model until the batch shape changes. With
+            ``baseline="official"``: the official step under ``torch.compile(mode="reduce-overhead")``.
         baseline: None (KV cache over the filled prefix), ``"plain"`` (full recompute) or ``"official"``
             (LlamaGen's full-length masked cache).
 
@@ -330,7 +333,7 @@ def sample(
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
-    compile: bool = False,
+    compile: bool | dict = False,
     baseline: str | None = None,
 ) -> Tensor:
     """Sample token grids for class ``labels`` (B,) -> codes (B, block_size) int64 in [0, vocab_size).

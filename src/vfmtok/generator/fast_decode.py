@@ -1,0 +1,205 @@
+"""The fast decode path of :func:`~vfmtok.generator.sampling.sample`: fused layer halves, per-position CUDA graphs.
+
+A decode step of the LlamaGen GPT is memory-bound: it streams every weight once and the filled part of the KV cache
+once. What keeps it from that limit is (i) kernel count (the module path launches ~40 small kernels per layer: each
+RMSNorm alone is six) and (ii) attention over a full-length cache under a mask, which reads the empty half of the cache
+too. :class:`FastDecoder` removes both:
+
+- each layer is two functions, ``_pre`` (residual add, RMSNorm, ``wqkv``, 2-D RoPE, K/V written into the cache) and
+  ``_post`` (``wo``, residual, RMSNorm, SwiGLU with ``w1``/``w3`` as one matrix product), compiled once with
+  ``torch.compile`` and shared by all layers (the weights are arguments); attention between them runs over the filled
+  prefix only, ``cache[:, :, :t + 1]``, with no mask;
+- on CUDA, one CUDA graph per position is captured (the prefix length is fixed inside each graph), all sharing one memory
+  pool and writing the logits into one static buffer, so a step is one ``replay()`` and the host never waits.
+
+The arithmetic is the module path's, op for op (the residual add moves into the next layer's ``_pre``; ``w1``/``w3``
+fused is the only change of op and only with ``fuse_w13``): on CPU in fp32 with ``fuse=False`` the tokens equal the
+plain path's bit for bit (tested). The per-layer caches are separate tensors so every compiled call sees inputs with
+the same layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .gpt import GPT, apply_rope, rms_norm
+
+
+def _pre(
+    h: Tensor, delta: Tensor, norm_w: Tensor, wqkv: Tensor, rope: Tensor, k_cache: Tensor, v_cache: Tensor,
+    pos: Tensor, eps: float, n_head: int,
+) -> tuple[Tensor, Tensor]:
+    """Residual add, attention RMSNorm, ``wqkv``, RoPE, cache write.
+
+    Args:
+        h, delta: (B, 1, D) residual stream and the previous layer's FFN output (``h + delta`` is the layer input).
+        rope: (1, Dh / 2, 2) cos/sin of the position; k_cache, v_cache: (B, H, S_max, Dh), written at ``pos`` (1,).
+
+    Returns:
+        ``x = h + delta`` (B, 1, D) and q (B, H, 1, Dh).
+    """
+    x = h + delta
+    b, s, d = x.shape
+    head_dim = d // n_head
+    qkv = F.linear(rms_norm(x, norm_w, eps), wqkv)  # (B, 1, 3D)
+    qk = apply_rope(qkv[..., : 2 * d].view(b, s, 2 * n_head, head_dim), rope)
+    q, k = qk.transpose(1, 2).split(n_head, dim=1)  # (B, H, 1, Dh)
+    v = qkv[..., 2 * d :].view(b, s, n_head, head_dim).transpose(1, 2)
+    k_cache.index_copy_(2, pos, k)
+    v_cache.index_copy_(2, pos, v)
+    return x, q
+
+
+def _post(
+    x: Tensor, attn: Tensor, wo: Tensor, norm_w: Tensor, w13: Tensor | None, w1: Tensor, w3: Tensor, w2: Tensor,
+    eps: float,
+) -> tuple[Tensor, Tensor]:
+    """``wo`` + residual, FFN RMSNorm, SwiGLU. attn: (B, H, 1, Dh). Returns ``(h, ffn_out)``, each (B, 1, D)."""
+    b, n_head, s, head_dim = attn.shape
+    h = x + F.linear(attn.transpose(1, 2).reshape(b, s, n_head * head_dim), wo)
+    y = rms_norm(h, norm_w, eps)
+    if w13 is None:
+        gate, up = F.linear(y, w1), F.linear(y, w3)
+    else:
+        gate, up = F.linear(y, w13).chunk(2, dim=-1)
+    return h, F.linear(F.silu(gate) * up, w2)
+
+
+def _head(h: Tensor, delta: Tensor, norm_w: Tensor, out_w: Tensor, eps: float) -> Tensor:
+    """Final residual add, RMSNorm and output head: (B, 1, D) -> (B, V) float32 logits."""
+    return F.linear(rms_norm((h + delta)[:, -1], norm_w, eps), out_w).float()
+
+
+_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
+             "math": "MATH"}
+
+
+@dataclass
+class _LayerWeights:
+    attn_norm: Tensor
+    wqkv: Tensor
+    wo: Tensor
+    ffn_norm: Tensor
+    w1: Tensor
+    w3: Tensor
+    w2: Tensor
+    w13: Tensor | None
+
+
+class FastDecoder:
+    """Prefix-KV-cache decoding with fused layer halves and (on CUDA) one CUDA graph per position.
+
+    Args:
+        gpt: the model (its parameters are read in place, except ``w1``/``w3`` under ``fuse_w13``, which are copied
+            into a fused matrix by :meth:`refresh`; :func:`~vfmtok.generator.sampling.generate` calls it every time).
+        rows: rows decoded together (2x the images under CFG).
+        fuse: run ``_pre``/``_post``/``_head`` under ``torch.compile`` (one compilation shared by all layers).
+        graphs: capture a CUDA graph per position (CUDA only).
+        fuse_w13: one ``[w1; w3]`` matrix product instead of two (extra memory: the FFN input weights once more).
+        attn_backend: None (PyTorch picks) or the SDPA kernel to force: ``"flash"``, ``"efficient"``, ``"cudnn"``,
+            ``"math"``.
+
+    Usage: ``logits = dec.prefill(labels)``, then ``logits = dec.decode(tokens, t)`` for t = 0 .. n - 2 (token t
+    enters at position t + 1). Logits are (rows, V) float32; on the graph path they live in a buffer that the next step
+    overwrites.
+    """
+
+    def __init__(
+        self, gpt: GPT, rows: int, *, fuse: bool = True, graphs: bool = True, fuse_w13: bool = True,
+        attn_backend: str | None = None,
+    ) -> None:
+        if attn_backend is not None and attn_backend not in _BACKENDS:
+            raise ValueError(f"unknown attn_backend {attn_backend!r}; expected None or one of {sorted(_BACKENDS)}")
+        self.attn_backend = attn_backend
+        c = gpt.config
+        weight = gpt.tok_embeddings.weight
+        self.gpt, self.rows, self.device = gpt, rows, weight.device
+        self.graphs = graphs and weight.is_cuda
+        self.eps, self.n_head, self.n = c.norm_eps, c.n_head, gpt.num_tokens
+        shape = (rows, c.n_head, 1 + c.block_size, c.head_dim)
+        self.k = [torch.zeros(shape, dtype=weight.dtype, device=self.device) for _ in range(c.n_layer)]
+        self.v = [torch.zeros_like(t) for t in self.k]
+        self.zero = torch.zeros(rows, 1, c.dim, dtype=weight.dtype, device=self.device)  # residual delta of layer 0
+        # per-position inputs, each its own tensor (same layout for every compiled call)
+        self.pos = [torch.tensor([p], device=self.device) for p in range(1 + c.block_size)]
+        self.ropes = [gpt.freqs_cis[p : p + 1].clone() for p in range(1 + c.block_size)]
+        self.layers = [
+            _LayerWeights(
+                layer.attention_norm.weight, layer.attention.wqkv.weight, layer.attention.wo.weight,
+                layer.ffn_norm.weight, layer.feed_forward.w1.weight, layer.feed_forward.w3.weight,
+                layer.feed_forward.w2.weight,
+                torch.cat([layer.feed_forward.w1.weight, layer.feed_forward.w3.weight]) if fuse_w13 else None,
+            )
+            for layer in gpt.layers
+        ]
+        if fuse:
+            self._pre = torch.compile(_pre, fullgraph=True, dynamic=False)
+            self._post = torch.compile(_post, fullgraph=True, dynamic=False)
+            self._head = torch.compile(_head, fullgraph=True, dynamic=False)
+        else:
+            self._pre, self._post, self._head = _pre, _post, _head
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        if self.graphs:
+            self._capture()
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Re-copy ``w1``/``w3`` into the fused matrices (after the model's weights changed)."""
+        for w in self.layers:
+            if w.w13 is not None:
+                w.w13[: w.w1.shape[0]].copy_(w.w1)
+                w.w13[w.w1.shape[0] :].copy_(w.w3)
+
+    def _forward(self, h: Tensor, p: int) -> Tensor:
+        """Run position ``p`` for input embeddings h (rows, 1, D) -> (rows, V) float32 logits."""
+        if self.attn_backend is None:
+            return self._layers(h, p)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(getattr(SDPBackend, _BACKENDS[self.attn_backend])):
+            return self._layers(h, p)
+
+    def _layers(self, h: Tensor, p: int) -> Tensor:
+        delta = self.zero
+        rope, pos = self.ropes[p], self.pos[p]
+        for i, w in enumerate(self.layers):
+            x, q = self._pre(h, delta, w.attn_norm, w.wqkv, rope, self.k[i], self.v[i], pos, self.eps, self.n_head)
+            attn = F.scaled_dot_product_attention(q, self.k[i][:, :, : p + 1], self.v[i][:, :, : p + 1])
+            h, delta = self._post(x, attn, w.wo, w.ffn_norm, w.w13, w.w1, w.w3, w.w2, self.eps)
+        return self._head(h, delta, self.gpt.norm.weight, self.gpt.output.weight, self.eps)
+
+    def _capture(self) -> None:
+        gpt = self.gpt
+        self.codes_in = torch.zeros(self.rows, 1, dtype=torch.long, device=self.device)
+        self.logits_out = torch.empty(self.rows, gpt.config.vocab_size, dtype=torch.float32, device=self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):  # warm up outside capture: compilation, autotuning, cuBLAS/attention init
+            for p in (1, self.n - 1):
+                self._forward(gpt.tok_embeddings(self.codes_in), p)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        pool = torch.cuda.graph_pool_handle()
+        for p in range(1, self.n):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self.logits_out.copy_(self._forward(gpt.tok_embeddings(self.codes_in), p))
+            self._graphs[p] = graph
+
+    @torch.no_grad()
+    def prefill(self, labels: Tensor) -> Tensor:
+        """Class position (rows,) int64 labels -> (rows, V) logits for the first image token."""
+        return self._forward(self.gpt.cls_embedding(labels), 0)
+
+    @torch.no_grad()
+    def decode(self, tokens: Tensor, step: int) -> Tensor:
+        """Feed token ``step`` (rows,) at position ``step + 1`` -> (rows, V) logits for the next token."""
+        p = step + 1
+        if not self.graphs:
+            return self._forward(self.gpt.tok_embeddings(tokens[:, None]), p)
+        self.codes_in.copy_(tokens[:, None])
+        self._graphs[p].replay()
+        return self.logits_out
