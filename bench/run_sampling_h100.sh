@@ -8,6 +8,8 @@ B="timeout 900 python3 bench/sample.py --out $OUT/sample.jsonl --repeats 1"
 # GPT-XXL: our fast path over batch sizes, CFG-free and with CFG
 $B --models gpt-xxl --paths fast --batches 1 128 256 512 --cfg 1.0
 $B --models gpt-xxl --paths fast --batches 128 256 --cfg 2.0
+$B --models gpt-xxl --paths fast --batches 768 --cfg 1.0 --max-rows 768
+$B --models gpt-xxl --paths fast --batches 384 --cfg 2.0 --max-rows 768
 # GPT-XXL: the official decoding (eager) and our eager / graphs-only paths at the same batch
 $B --models gpt-xxl --paths official eager fast-nofuse --batches 1 256 --baseline-batches 256 --cfg 1.0 2.0 --max-rows 512
 # GPT-B: every path

@@ -1,0 +1,44 @@
+"""prepare_inference: same outputs up to rounding, backbone weights in bf16, preprocessing constants untouched."""
+
+from __future__ import annotations
+
+import torch
+
+from vfmtok.tokenizer import VFMTokenizer, tokenizer_preset
+from vfmtok.tokenizer.inference import prepare_inference
+
+
+def _pair() -> tuple[VFMTokenizer, VFMTokenizer]:
+    torch.manual_seed(0)
+    ref = VFMTokenizer(tokenizer_preset("tok-test")).eval()
+    fast = VFMTokenizer(tokenizer_preset("tok-test")).eval()
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def test_channels_last_decoder_is_the_same_function():
+    ref, fast = _pair()
+    prepare_inference(fast, backbone_dtype=None, compile=False, channels_last=True)
+    codes = torch.randint(0, ref.config.codebook_size, (2, ref.config.num_tokens))
+    with torch.no_grad():
+        torch.testing.assert_close(fast.decode(codes), ref.decode(codes), rtol=1e-4, atol=1e-5)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.equal(fast.encode(images), ref.encode(images))
+
+
+def test_bf16_backbone_under_autocast():
+    ref, fast = _pair()
+    prepare_inference(fast, backbone_dtype=torch.bfloat16, compile=False, channels_last=False)
+    assert all(p.dtype == torch.bfloat16 for p in fast.backbone.parameters())
+    assert all(b.dtype == torch.float32 for b in fast.backbone.buffers() if b.is_floating_point())
+    assert all(p.dtype == torch.float32 for p in fast.encoder.parameters())
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = fast.backbone_features(images)
+        codes = fast.encode(images)
+    with torch.no_grad():
+        ref_feats = ref.backbone_features(images)
+    for got, want in zip(feats.levels, ref_feats.levels):  # bf16 rounding only
+        assert got.float().sub(want).abs().max() <= 0.05 * want.abs().max()
+    assert codes.shape == (4, ref.config.num_tokens) and codes.dtype == torch.long
+    assert int(codes.max()) < ref.config.codebook_size
