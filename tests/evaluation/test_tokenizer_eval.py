@@ -77,3 +77,23 @@ def test_real_tokenizer_runs():
     assert 0 < r["codebook"]["usage"] <= 1 and r["distribution"] == {}
     with pytest.raises(ValueError, match="no images"):
         evaluate_tokenizer(tok, [])
+
+
+def test_extractor_without_usable_logits_reports_a_note_not_a_score():
+    """An extractor that withholds its logits (EfficientNet-Lite0 with a zero classifier): no Inception Score in the
+    report (it would be exactly 1.0 whatever the images), the reason instead."""
+    from vfmtok.evaluation.efficientnet import EfficientNetExtractor, EfficientNetLite0
+
+    torch.manual_seed(0)
+    net = EfficientNetLite0()
+    with torch.no_grad():
+        net._fc.weight.zero_()
+        net._fc.bias.zero_()
+    extractor = EfficientNetExtractor(net)
+    extractor.input_size = 64  # small inputs keep the test fast
+    settings = TokenizerEvalSettings(eval_size=None, ladder=())
+    r = evaluate_tokenizer(_IdentityTokenizer(), _batches(3, 32), [extractor], settings=settings)
+    d = r["distribution"]["efficientnet-lite0"]
+    assert "inception_score" not in d and "all zero" in d["inception_score_note"]
+    assert abs(d["reconstruction"]) < 1e-6
+    assert "rIS_efficientnet-lite0 | not computed" in format_tokenizer_report({"metrics": r})

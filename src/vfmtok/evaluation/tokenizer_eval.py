@@ -14,7 +14,7 @@ every metric is computed on those uint8 images:
 * for every feature extractor: the FD between originals and reconstructions (rFID for Inception, ``FD_<name>``
   otherwise), the FD of 2x and 4x down-then-up-sampled originals against the originals (the scale every FD is read
   against), the spatial FD when the extractor has spatial features, and the Inception Score of originals and
-  reconstructions when it has logits.
+  reconstructions when it has logits (when it withholds them, ``inception_score_note`` says why).
 """
 
 from __future__ import annotations
@@ -83,6 +83,8 @@ class _Distribution:
                 "reconstruction": inception_score(recon.logits)._asdict(),
                 "original": inception_score(real.logits)._asdict(),
             }
+        elif self.extractor.logits_note:
+            out["inception_score_note"] = self.extractor.logits_note
         return out
 
 
@@ -180,6 +182,8 @@ def format_tokenizer_report(report: dict[str, Any]) -> str:
             s = d["inception_score"]
             label = "rIS" if d["metric"] == "FID" else f"rIS_{d['extractor']}"
             lines.append(f"| {label} (originals) | {s['reconstruction']['mean']:.3f} ({s['original']['mean']:.3f}) |")
+        elif "inception_score_note" in d:
+            lines.append(f"| rIS_{d['extractor']} | not computed: {d['inception_score_note']} |")
     if "protocol" in report:
         lines += ["", "## Protocol", ""] + [f"- {k}: {v}" for k, v in report["protocol"].items()]
     return "\n".join(lines) + "\n"
