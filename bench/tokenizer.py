@@ -7,7 +7,9 @@ encodes random images and decodes random codes at ``--batch-size`` (default 64),
 * ``bf16-autocast``: bf16 autocast around the whole call (what the official code's ``--mixed-precision bf16`` does);
 * ``bf16-fast``: the frozen backbone's weights stored in bf16, bf16 autocast, the backbone, encoder, token decoder and
   pixel decoder each under ``torch.compile``, the pixel decoder in channels-last memory format
-  (:func:`vfmtok.tokenizer.inference.prepare_inference`); ``bf16-fast-nchw``: the same without channels-last.
+  (:func:`vfmtok.tokenizer.inference.prepare_inference`); ``bf16-fast-gather``: the same with the region encoder's
+  deformable sampling as one fusable weighted gather instead of ``grid_sample``; ``bf16-fast-nchw``: without
+  channels-last.
 
 For each setting it times ``encode`` (backbone -> region encoder -> quantizer, codes out), the backbone forward alone
 (to give the share of our layers on top of it) and ``decode`` (codes -> image), and appends one JSON object per setting
@@ -32,7 +34,7 @@ from vfmtok.tokenizer import VFMTokenizer
 from vfmtok.tokenizer.inference import prepare_inference
 from vfmtok.tokenizer.presets import tokenizer_preset
 
-SETTINGS = ("fp32", "tf32", "bf16-autocast", "bf16-fast", "bf16-fast-nchw")
+SETTINGS = ("fp32", "tf32", "bf16-autocast", "bf16-fast", "bf16-fast-gather", "bf16-fast-nchw")
 
 
 def _time(fn, steps: int, warmup: int, device: torch.device) -> float:
@@ -71,7 +73,8 @@ def run_setting(args, setting: str, device: torch.device) -> dict:
     tok = VFMTokenizer(config).to(device).eval()
     fast = setting.startswith("bf16-fast")
     if fast:
-        prepare_inference(tok, backbone_dtype=torch.bfloat16, compile=True, channels_last=setting == "bf16-fast")
+        prepare_inference(tok, backbone_dtype=torch.bfloat16, compile=True, channels_last=setting != "bf16-fast-nchw",
+                          deform_impl="gather" if setting == "bf16-fast-gather" else None)
     s = tok.config.image_size
     images = torch.rand(args.batch_size, 3, s, s, device=device) * 2 - 1
     codes = torch.randint(0, tok.config.codebook_size, (args.batch_size, tok.config.num_tokens), device=device)

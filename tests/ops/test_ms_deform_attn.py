@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vfmtok.ops.ms_deform_attn import MSDeformAttn, level_start_index, ms_deform_attn
+from vfmtok.ops.ms_deform_attn import MSDeformAttn, level_start_index, ms_deform_attn, ms_deform_attn_gather
 
 
 def _bilinear_zero_pad(img: torch.Tensor, x: float, y: float) -> torch.Tensor:
@@ -119,3 +119,41 @@ def test_module_forward_matches_core():
     want = attn.output_proj(reference_ms_deform_attn(value.double(), shapes, samp.locations.double(),
                                                      samp.weights.double()).float())
     torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_gather_formulation_equals_grid_sample_values_and_gradients():
+    """ms_deform_attn_gather (the fusable form) == the grid_sample form, border and out-of-map samples included."""
+    torch.manual_seed(0)
+    shapes = [(6, 5), (3, 4), (2, 2)]
+    s = sum(h * w for h, w in shapes)
+    value = torch.randn(2, s, 4, 8, dtype=torch.float64, requires_grad=True)
+    loc = (torch.rand(2, 7, 4, 3, 5, 2, dtype=torch.float64) * 1.4 - 0.2).requires_grad_()
+    weights = torch.rand(2, 7, 4, 3, 5, dtype=torch.float64, requires_grad=True)
+    ref = ms_deform_attn(value, shapes, loc, weights)
+    got = ms_deform_attn_gather(value, shapes, loc, weights)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+    grad = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, (value, loc, weights), grad)
+    have = torch.autograd.grad(got, (value, loc, weights), grad)
+    for h, w in zip(have, want):
+        torch.testing.assert_close(h, w, rtol=1e-9, atol=1e-9)
+    corners = torch.tensor([0.0, 1.0], dtype=torch.float64)  # the map's own borders
+    edge = corners.view(1, 1, 1, 1, 2, 1).expand(2, 7, 4, 3, 2, 2).contiguous()
+    w2 = torch.rand(2, 7, 4, 3, 2, dtype=torch.float64)
+    torch.testing.assert_close(ms_deform_attn_gather(value.detach(), shapes, edge, w2),
+                               ms_deform_attn(value.detach(), shapes, edge, w2), rtol=0, atol=1e-12)
+
+
+def test_module_impl_switch():
+    torch.manual_seed(0)
+    attn = MSDeformAttn(dim=32, n_levels=2, n_heads=4, n_points=3)
+    torch.nn.init.normal_(attn.sampling_offsets.weight, std=0.5)
+    torch.nn.init.normal_(attn.attention_weights.weight, std=0.5)
+    shapes = [(4, 4), (2, 3)]
+    query = torch.randn(2, 5, 32)
+    ref_pts = torch.rand(1, 5, 2, 2)
+    feats = torch.randn(2, 22, 32)
+    ref = attn(query, ref_pts, feats, shapes)
+    attn.impl = "gather"
+    torch.testing.assert_close(attn(query, ref_pts, feats, shapes), ref, rtol=1e-5, atol=1e-5)
+    assert "impl" not in "".join(attn.state_dict())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vfmtok.tokenizer import VFMTokenizer, tokenizer_preset
@@ -42,3 +43,14 @@ def test_bf16_backbone_under_autocast():
         assert got.float().sub(want).abs().max() <= 0.05 * want.abs().max()
     assert codes.shape == (4, ref.config.num_tokens) and codes.dtype == torch.long
     assert int(codes.max()) < ref.config.codebook_size
+
+
+def test_gather_deformable_sampling_gives_the_same_codes():
+    ref, fast = _pair()
+    prepare_inference(fast, backbone_dtype=None, compile=False, channels_last=False, deform_impl="gather")
+    assert {m.impl for m in fast.modules() if hasattr(m, "impl")} == {"gather"}
+    images = torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(fast.encode_slots(images), ref.encode_slots(images), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="deform_impl"):
+        prepare_inference(fast, compile=False, deform_impl="cuda")

@@ -80,6 +80,54 @@ def ms_deform_attn(
     return out.view(b, m * dh, lq).transpose(1, 2).contiguous()  # (B, Lq, M*Dh)
 
 
+def ms_deform_attn_gather(
+    value: Tensor, spatial_shapes: SpatialShapes, sampling_locations: Tensor, attention_weights: Tensor
+) -> Tensor:
+    """:func:`ms_deform_attn` written as one weighted gather over channel-contiguous values (same arguments/result).
+
+    Each sample contributes its four bilinear corners as rows ``value[b, S_index, m, :]`` with weight
+    ``bilinear x attention`` (0 for corners outside the map, like ``grid_sample``'s zero padding), and the output is
+    their weighted sum. Eager, the gathered rows are materialised (4 x the samples); under ``torch.compile`` the
+    gather, the weighting and the sum fuse into one reduction that reads each value row once per corner, which is
+    what the official CUDA kernel does and what ``grid_sample`` (a loop over channels per sample point) does not.
+    Equal to :func:`ms_deform_attn` up to float rounding (tested).
+    """
+    shapes = _as_shape_list(spatial_shapes)
+    b, s, m, dh = value.shape
+    _, lq, _, n_levels, n_points, _ = sampling_locations.shape
+    if sum(h * w for h, w in shapes) != s:
+        raise ValueError(f"spatial_shapes {shapes} cover {sum(h * w for h, w in shapes)} positions, value has {s}")
+    if len(shapes) != n_levels:
+        raise ValueError(f"{len(shapes)} spatial shapes for {n_levels} sampling levels")
+    dev = value.device
+    sizes = torch.tensor([[w, h] for h, w in shapes], dtype=sampling_locations.dtype, device=dev)  # (L, 2) = (W, H)
+    starts = torch.tensor(level_start_index(shapes), device=dev)  # (L,)
+    widths = sizes[:, 0].long()  # (L,)
+    # pixel coordinates (align_corners=False): (B, Lq, M, L, P, 2)
+    pix = sampling_locations * sizes.view(1, 1, 1, n_levels, 1, 2) - 0.5
+    base = pix.floor()
+    frac = pix - base
+    corner = torch.tensor([[0, 0], [1, 0], [0, 1], [1, 1]], device=dev)  # (4, 2) as (dx, dy)
+    xy = base.long().unsqueeze(-2) + corner  # (B, Lq, M, L, P, 4, 2)
+    fx, fy = frac[..., 0:1], frac[..., 1:2]  # (B, Lq, M, L, P, 1)
+    bilinear = torch.cat([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=-1)  # (..., P, 4)
+    limit = sizes.long().view(1, 1, 1, n_levels, 1, 1, 2)
+    inside = ((xy >= 0) & (xy < limit)).all(-1)  # (B, Lq, M, L, P, 4)
+    weight = bilinear * inside * attention_weights.unsqueeze(-1)  # (B, Lq, M, L, P, 4)
+    index = starts.view(1, 1, 1, n_levels, 1, 1) + xy[..., 1] * widths.view(1, 1, 1, n_levels, 1, 1) + xy[..., 0]
+    index = torch.where(inside, index, torch.zeros_like(index))  # (B, Lq, M, L, P, 4) into S
+    # rows of (B*M, S, Dh): flat row id = (b * M + m) * S + index
+    rows = value.transpose(1, 2).reshape(b * m * s, dh)
+    bm = (torch.arange(b, device=dev).view(b, 1, 1) * m + torch.arange(m, device=dev).view(1, 1, m)) * s  # (B,1,M)
+    flat = (index + bm.view(b, 1, m, 1, 1, 1)).flatten(3)  # (B, Lq, M, L*P*4)
+    gathered = rows[flat]  # (B, Lq, M, K, Dh)
+    out = (gathered * weight.flatten(3).unsqueeze(-1).to(gathered.dtype)).sum(3)  # (B, Lq, M, Dh)
+    return out.reshape(b, lq, m * dh)
+
+
+DEFORM_IMPLS = ("grid_sample", "gather")
+
+
 class DeformSampling(NamedTuple):
     """Where and how strongly every query samples.
 
@@ -106,6 +154,7 @@ class MSDeformAttn(nn.Module):
         if dim % n_heads:
             raise ValueError(f"MSDeformAttn: dim {dim} is not divisible by n_heads {n_heads}")
         self.dim, self.n_levels, self.n_heads, self.n_points = dim, n_levels, n_heads, n_points
+        self.impl = "grid_sample"  # or "gather" (:func:`ms_deform_attn_gather`); not part of the state dict
         self.sampling_offsets = nn.Linear(dim, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(dim, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(dim, dim)
@@ -162,5 +211,6 @@ class MSDeformAttn(nn.Module):
         b, s, _ = input_flatten.shape
         value = self.value_proj(input_flatten).view(b, s, self.n_heads, self.dim // self.n_heads)  # (B, S, M, Dh)
         sampling = self.sampling(query, reference_points, spatial_shapes)
-        out = ms_deform_attn(value, spatial_shapes, sampling.locations, sampling.weights)  # (B, Lq, dim)
+        core = ms_deform_attn_gather if self.impl == "gather" else ms_deform_attn
+        out = core(value, spatial_shapes, sampling.locations, sampling.weights)  # (B, Lq, dim)
         return self.output_proj(out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..ops.ms_deform_attn import DEFORM_IMPLS, MSDeformAttn
 from .model import VFMTokenizer
 
 
@@ -20,6 +21,7 @@ def prepare_inference(
     backbone_dtype: torch.dtype | None = torch.bfloat16,
     compile: bool = True,
     channels_last: bool = True,
+    deform_impl: str | None = None,
 ) -> VFMTokenizer:
     """Set ``tok`` up for fast inference in place (eval mode) and return it.
 
@@ -30,10 +32,19 @@ def prepare_inference(
             ``torch.compile`` (compiled on first use per input shape).
         channels_last: keep the pixel decoder's convolution weights in channels-last format (faster cuDNN kernels
             in bf16 on recent GPUs).
+        deform_impl: None (unchanged) or the multi-scale deformable attention formulation of the region encoder:
+            ``"grid_sample"`` or ``"gather"`` (:func:`~vfmtok.ops.ms_deform_attn.ms_deform_attn_gather`, which
+            ``torch.compile`` fuses into one pass; same values up to rounding).
 
     The tokenizer must not be trained afterwards (compiled methods are bound to this instance).
     """
+    if deform_impl is not None and deform_impl not in DEFORM_IMPLS:
+        raise ValueError(f"deform_impl must be one of {DEFORM_IMPLS}, got {deform_impl!r}")
     tok.eval()
+    if deform_impl is not None:
+        for module in tok.modules():
+            if isinstance(module, MSDeformAttn):
+                module.impl = deform_impl
     backbone = getattr(tok, "backbone", None)
     if backbone is not None and backbone_dtype is not None:
         for param in backbone.parameters():  # parameters only: the preprocessing constants stay float32
