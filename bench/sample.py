@@ -9,7 +9,8 @@ token grids with :func:`vfmtok.generator.sample` (temperature 1, no top-k/top-p)
 * ``eager``: our KV cache over the filled prefix, module path, eager;
 * ``fast``: our :class:`~vfmtok.generator.fast_decode.FastDecoder` (fused layer halves under ``torch.compile``, one
   CUDA graph per position), the ``sample(..., compile=True)`` path; ``fast-nofuse``: graphs without ``torch.compile``;
-  ``fast-efficient`` / ``fast-cudnn``: the fast path with SDPA's memory-efficient / cuDNN attention kernel forced.
+  ``fast-efficient`` / ``fast-cudnn``: the fast path with SDPA's memory-efficient / cuDNN attention kernel forced;
+  ``fast-autotune``: the fused functions compiled with ``mode="max-autotune-no-cudagraphs"``.
 
 Each case runs once untimed (compilation, graph capture, allocation: reported as ``setup_s``) and then ``--repeats``
 timed times; images/s and ms/step use the best timed run. Every case also reports the memory-bandwidth limit: per
@@ -42,6 +43,7 @@ PATHS = {
     "fast-nofuse": dict(baseline=None, compile={"fuse": False}),
     "fast-efficient": dict(baseline=None, compile={"attn_backend": "efficient"}),
     "fast-cudnn": dict(baseline=None, compile={"attn_backend": "cudnn"}),
+    "fast-autotune": dict(baseline=None, compile={"compile_mode": "max-autotune-no-cudagraphs"}),
 }
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

@@ -82,7 +82,9 @@ def test_kv_cache_equals_full_recompute(kwargs):
 
 
 @pytest.mark.parametrize(
-    "options", [{"fuse": False}, {"fuse": False, "fuse_w13": False}, True], ids=["eager", "eager-unfused-w13", "compiled"]
+    "options",
+    [{"fuse": False}, {"fuse": False, "fuse_w13": False}, True, {"compile_mode": "max-autotune-no-cudagraphs"}],
+    ids=["eager", "eager-unfused-w13", "compiled", "compiled-autotune"],
 )
 def test_fast_path_equals_plain_path(options):
     """The fast decoder (issue 6) gives the plain path's tokens, same seed, fp32 on CPU; also after weight updates."""
@@ -133,6 +135,10 @@ def test_sample_restores_mode_and_checks_arguments():
         sample(gpt, torch.tensor([1]), compile=True, baseline="plain")
     with pytest.raises(ValueError, match="fast-decoder options"):
         sample(gpt, torch.tensor([1]), compile={"fusion": True})
+    with pytest.raises(ValueError, match="compile_mode"):
+        sample(gpt, torch.tensor([1]), compile={"compile_mode": "reduce-overhead"})
+    with pytest.raises(ValueError, match="attn_backend"):
+        sample(gpt, torch.tensor([1]), compile={"attn_backend": "fast"})
     with pytest.raises(ValueError, match="null class"):
         sample(_tiny(class_dropout_prob=0.0), torch.tensor([1]), cfg_scale=2.0)
 

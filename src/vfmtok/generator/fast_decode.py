@@ -102,6 +102,9 @@ class FastDecoder:
         fuse_w13: one ``[w1; w3]`` matrix product instead of two (extra memory: the FFN input weights once more).
         attn_backend: None (PyTorch picks) or the SDPA kernel to force: ``"flash"``, ``"efficient"``, ``"cudnn"``,
             ``"math"``.
+        compile_mode: ``torch.compile`` mode of the fused functions (None: default; e.g.
+            ``"max-autotune-no-cudagraphs"`` lets Inductor try Triton matrix-product templates with fused epilogues;
+            never a cudagraph mode: the graphs are captured here).
 
     Usage: ``logits = dec.prefill(labels)``, then ``logits = dec.decode(tokens, t)`` for t = 0 .. n - 2 (token t
     enters at position t + 1). Logits are (rows, V) float32; on the graph path they live in a buffer that the next step
@@ -110,8 +113,11 @@ class FastDecoder:
 
     def __init__(
         self, gpt: GPT, rows: int, *, fuse: bool = True, graphs: bool = True, fuse_w13: bool = True,
-        attn_backend: str | None = None,
+        attn_backend: str | None = None, compile_mode: str | None = None,
     ) -> None:
+        if compile_mode not in (None, "default", "max-autotune-no-cudagraphs"):
+            raise ValueError(f"compile_mode {compile_mode!r}: expected None, 'default' or 'max-autotune-no-cudagraphs' "
+                             "(no CUDA-graph mode: the decoder captures its own graphs)")
         if attn_backend is not None and attn_backend not in _BACKENDS:
             raise ValueError(f"unknown attn_backend {attn_backend!r}; expected None or one of {sorted(_BACKENDS)}")
         self.attn_backend = attn_backend
@@ -137,9 +143,8 @@ class FastDecoder:
             for layer in gpt.layers
         ]
         if fuse:
-            self._pre = torch.compile(_pre, fullgraph=True, dynamic=False)
-            self._post = torch.compile(_post, fullgraph=True, dynamic=False)
-            self._head = torch.compile(_head, fullgraph=True, dynamic=False)
+            kw = dict(fullgraph=True, dynamic=False, mode=compile_mode)
+            self._pre, self._post, self._head = (torch.compile(f, **kw) for f in (_pre, _post, _head))
         else:
             self._pre, self._post, self._head = _pre, _post, _head
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}

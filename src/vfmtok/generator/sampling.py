@@ -220,7 +220,7 @@ class _PlainDecoder:
 _COMPILED: weakref.WeakKeyDictionary[GPT, tuple[tuple, FastDecoder | _OfficialCompiledDecoder]] = (
     weakref.WeakKeyDictionary()
 )
-FAST_DEFAULTS = {"fuse": True, "graphs": True, "fuse_w13": True, "attn_backend": None}
+FAST_DEFAULTS = {"fuse": True, "graphs": True, "fuse_w13": True, "attn_backend": None, "compile_mode": None}
 
 
 def clear_decoder_cache(gpt: GPT | None = None) -> None:
