@@ -7,10 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 
 from vfmtok.cli.main import main
 from vfmtok.data.tokens import read_manifest
@@ -21,23 +18,12 @@ CNN_SET = ["--set", "encoder_type=cnn", "--set", "cnn_ch=32", "--set", "cnn_ch_m
            "cnn_res_blocks=1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cnn-cli-img")
-    rng = np.random.default_rng(0)
-    for c in ("ant", "bee"):
-        (root / c).mkdir()
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 256, (36, 40, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
-    return root
+def data_dir(tmp_path_factory, make_image_folder) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("cnn-cli-img"), ("ant", "bee"), per_class=3, size=(36, 40))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from vfmtok.cli.main import main
 from vfmtok.data.tokens import Shard, codes_dtype, shard_path, write_manifest, write_shard
@@ -17,13 +16,7 @@ from vfmtok.training.generator import GPTTrainConfig
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "gpt"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to oversubscription on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("name", ["gpt-b-official", "cifar10-small", "fashion-mnist-tiny", "test"])

@@ -16,12 +16,7 @@ from vfmtok.training.tracker import read_metrics
 TEST_YAML = Path(__file__).resolve().parents[2] / "configs" / "tokenizer" / "test.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

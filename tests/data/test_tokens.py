@@ -30,13 +30,7 @@ from vfmtok.data.tokens import (
 T, V = 16, 300  # tokens per image, vocabulary (> 255: exercises uint16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to oversubscription on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _make_codes_dir(root, n=50, num_aug=3, shard_size=16, num_classes=5, skip=(7,)):

@@ -18,13 +18,7 @@ from vfmtok.training.sampler import ResumableSampler
 from vfmtok.training.tracker import read_metrics
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to oversubscription on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_codes(root, n=96, tokens=16, vocab=64, num_classes=4, num_aug=2, noise=0.0, seed=0):

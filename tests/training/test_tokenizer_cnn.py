@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from vfmtok.config import ConfigError
 from vfmtok.hub import load_state_dict
@@ -22,23 +21,12 @@ CNN_OVERRIDES = ("dec_attn_dropout=0.0", "encoder_type=cnn", "cnn_ch=32", "cnn_c
                  "cnn_res_blocks=1")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cnn-images")
-    rng = np.random.default_rng(0)
-    for c in range(2):
-        (root / f"class{c}").mkdir()
-        for i in range(6):
-            Image.fromarray((rng.random((36, 36, 3)) * 255).astype(np.uint8)).save(root / f"class{c}" / f"{i}.png")
-    return root
+def images(tmp_path_factory, make_image_folder) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("cnn-images"), ("class0", "class1"), per_class=6, size=(36, 36))
 
 
 def _recipe(data: Path | str = "", **changes) -> TokenizerTrainConfig:
