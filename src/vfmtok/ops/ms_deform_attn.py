@@ -41,6 +41,17 @@ def level_start_index(spatial_shapes: SpatialShapes) -> list[int]:
     return starts
 
 
+def _checked_shapes(value: Tensor, spatial_shapes: SpatialShapes, sampling_locations: Tensor) -> list[tuple[int, int]]:
+    """The (H_l, W_l) list, checked against value's S and the locations' level count."""
+    shapes = _as_shape_list(spatial_shapes)
+    s, n_levels = value.shape[1], sampling_locations.shape[3]
+    if sum(h * w for h, w in shapes) != s:
+        raise ValueError(f"spatial_shapes {shapes} cover {sum(h * w for h, w in shapes)} positions, value has {s}")
+    if len(shapes) != n_levels:
+        raise ValueError(f"{len(shapes)} spatial shapes for {n_levels} sampling levels")
+    return shapes
+
+
 def ms_deform_attn(
     value: Tensor, spatial_shapes: SpatialShapes, sampling_locations: Tensor, attention_weights: Tensor
 ) -> Tensor:
@@ -57,13 +68,9 @@ def ms_deform_attn(
     Returns:
         (B, Lq, M * Dh) sampled and mixed values, head-major channels.
     """
-    shapes = _as_shape_list(spatial_shapes)
+    shapes = _checked_shapes(value, spatial_shapes, sampling_locations)
     b, s, m, dh = value.shape
     _, lq, _, n_levels, n_points, _ = sampling_locations.shape
-    if sum(h * w for h, w in shapes) != s:
-        raise ValueError(f"spatial_shapes {shapes} cover {sum(h * w for h, w in shapes)} positions, value has {s}")
-    if len(shapes) != n_levels:
-        raise ValueError(f"{len(shapes)} spatial shapes for {n_levels} sampling levels")
     value_levels = value.split([h * w for h, w in shapes], dim=1)
     grids = 2.0 * sampling_locations - 1.0  # grid_sample wants [-1, 1]
     sampled = []
@@ -92,13 +99,9 @@ def ms_deform_attn_gather(
     what the official CUDA kernel does and what ``grid_sample`` (a loop over channels per sample point) does not.
     Equal to :func:`ms_deform_attn` up to float rounding (tested).
     """
-    shapes = _as_shape_list(spatial_shapes)
+    shapes = _checked_shapes(value, spatial_shapes, sampling_locations)
     b, s, m, dh = value.shape
     _, lq, _, n_levels, n_points, _ = sampling_locations.shape
-    if sum(h * w for h, w in shapes) != s:
-        raise ValueError(f"spatial_shapes {shapes} cover {sum(h * w for h, w in shapes)} positions, value has {s}")
-    if len(shapes) != n_levels:
-        raise ValueError(f"{len(shapes)} spatial shapes for {n_levels} sampling levels")
     dev = value.device
     sizes = torch.tensor([[w, h] for h, w in shapes], dtype=sampling_locations.dtype, device=dev)  # (L, 2) = (W, H)
     starts = torch.tensor(level_start_index(shapes), device=dev)  # (L,)
