@@ -112,6 +112,7 @@ def load_chain(root: Path, name: str) -> dict[str, Any]:
         "status": _json(d / "status.json"),
         "info": _json(d / "tok_info.json"),
         "eval": _json(d / "eval" / "tokenizer.json"),
+        "lpips": _json(d / "eval" / "lpips.json"),  # run.sh's lpips stage (a second call carries the weights)
         "gpt_metrics": _jsonl(d / "gpt" / "metrics.jsonl"),
         "gpt_eval": gpt_eval,
         "gpt_eval_source": source,
@@ -137,6 +138,9 @@ def fmt(x: Any, nd: int = 2) -> str:
     return f"{x:.{nd}f}"
 
 
+LPIPS_NETS = {"vgg": "VGG", "alex": "AlexNet"}  # eval metric key suffix -> label
+
+
 def extractor_label(name: str) -> str:
     if name.startswith("dinov2"):
         return f"DINOv2-S@{name.rsplit('-', 1)[-1]}"
@@ -151,9 +155,12 @@ def tok_row(ch: dict[str, Any], extractors: list[str]) -> dict[str, Any] | None:
     m = ev["metrics"]
     probe = ev.get("linear_probe") or {}
     dist = m.get("distribution", {})
+    lp = ((ch.get("lpips") or {}).get("metrics") or {})
     return {
         "params": (ch["info"] or {}).get("trainable_params"),
-        "psnr": m.get("psnr"), "ssim": m.get("ssim"), "lpips": m.get("lpips_vgg"),
+        "psnr": m.get("psnr"), "ssim": m.get("ssim"),
+        "lpips": {net: lp.get(f"lpips_{net}", m.get(f"lpips_{net}")) for net in LPIPS_NETS},
+        "lpips_images": lp.get("num_images"),
         "rfd": {e: dist.get(e, {}).get("reconstruction") for e in extractors},
         "scale": {e: dist.get(e, {}).get("down2_up") for e in extractors},
         "usage": m.get("codebook", {}).get("usage"), "perplexity": m.get("codebook", {}).get("perplexity"),
@@ -369,6 +376,8 @@ def _claim_reconstruction(a: dict | None, d: dict | None, extractors: list[str])
         return "no data", "needs the tokenizer evaluations of (a) and (d)."
     ok = a["psnr"] >= d["psnr"] - REC_PSNR_MARGIN and a["rfd"][eff] <= REC_FD_RATIO * d["rfd"][eff]
     fds = "; ".join(f"rFD {extractor_label(e)} {fmt(a['rfd'][e])} vs {fmt(d['rfd'][e])}" for e in extractors)
+    fds += "".join(f"; LPIPS-{label} {fmt(a['lpips'][net], 3)} vs {fmt(d['lpips'][net], 3)}"
+                   for net, label in LPIPS_NETS.items() if None not in (a["lpips"][net], d["lpips"][net]))
     return "held" if ok else "did not hold", (
         f"(a) vs (d): PSNR {fmt(a['psnr'])} vs {fmt(d['psnr'])} dB, SSIM {fmt(a['ssim'], 3)} vs "
         f"{fmt(d['ssim'], 3)}, {fds} (held = PSNR at most {REC_PSNR_MARGIN} dB lower and rFD-EfficientNet at most "
@@ -552,8 +561,8 @@ def _tokenizer_section(res: dict[str, Any], rows: dict[str, Any], extractors: li
             line = (f"**{line} The reconstructions below are therefore blurred by the EMA lag** (decay^steps above "
                     f"{_pct(TOK_EMA_INIT_MAX)}: claims 1, 3 and 4 are reported as not tested).")
         md += [line, ""]
-    has_lpips = any(r and r["lpips"] is not None for r in rows.values())
-    head = (["tokenizer", "trainable params", "PSNR (dB)", "SSIM"] + (["LPIPS"] if has_lpips else [])
+    nets = [net for net in LPIPS_NETS if any(r and r["lpips"][net] is not None for r in rows.values())]
+    head = (["tokenizer", "trainable params", "PSNR (dB)", "SSIM"] + [f"LPIPS-{LPIPS_NETS[n]}" for n in nets]
             + [f"rFD {extractor_label(e)}" for e in extractors]
             + ["codebook usage", "perplexity", "probe top-1 (tokens)", "probe top-1 (slots)"])
     table = []
@@ -562,7 +571,7 @@ def _tokenizer_section(res: dict[str, Any], rows: dict[str, Any], extractors: li
             table.append([CHAINS[n]] + ["–"] * (len(head) - 1))
             continue
         cells = [CHAINS[n], f"{r['params'] / 1e6:.2f} M" if r["params"] else "–", fmt(r["psnr"]), fmt(r["ssim"], 3)]
-        cells += [fmt(r["lpips"], 3)] if has_lpips else []
+        cells += [fmt(r["lpips"][net], 3) for net in nets]
         cells += [fmt(r["rfd"][e]) for e in extractors]
         cells += [_pct(r["usage"]), fmt(r["perplexity"], 1), _pct(r["probe"]), _pct(r["probe_slots"])]
         table.append(cells)

