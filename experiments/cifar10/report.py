@@ -457,10 +457,7 @@ def claims(res: dict[str, Any], rows: dict[str, Any], extractors: list[str], cfg
     """The "Claims" section: one computed verdict line per claim, the thresholds stated in each. Claims 1, 3 and 4
     become "not tested" (with their numbers) when :func:`ema_gate` says the tokenizers are EMA-lagged."""
     gate = ema_gate(res["chains"])
-    found = {1: _claim_reconstruction(rows.get("vfm"), rows.get(BASELINE), extractors),
-             2: _claim_semantics(rows),
-             3: _claim_convergence(extractors, ratios),
-             4: _claim_cfg(res["chains"], extractors, cfgs)}
+    found = _claim_findings(res, rows, extractors, cfgs, ratios)
     md = ["## Claims: verdicts computed from the numbers above", ""]
     for k, (verdict, detail) in found.items():
         if gate and k != 2:
@@ -472,7 +469,73 @@ def claims(res: dict[str, Any], rows: dict[str, Any], extractors: list[str], cfg
                 "frozen DINOv2.")))
         else:
             md.append(_claim(k, CLAIM_TITLES[k], verdict, detail))
-    return md + ["", "_Prose reading: to be written by the lead._", ""]
+    return md + [""]
+
+
+def _claim_findings(res: dict[str, Any], rows: dict[str, Any], extractors: list[str], cfgs: list[float],
+                    ratios: dict[tuple, tuple[str, float | None]]) -> dict[int, tuple[str, str]]:
+    """{claim: (verdict, detail)} before the EMA gate."""
+    return {1: _claim_reconstruction(rows.get("vfm"), rows.get(BASELINE), extractors),
+            2: _claim_semantics(rows),
+            3: _claim_convergence(extractors, ratios),
+            4: _claim_cfg(res["chains"], extractors, cfgs)}
+
+
+# ---------------------------------------------------------------------------------------------------- replication
+def run_label(res: dict[str, Any]) -> str:
+    """A run's name in the replication tables: its seed overrides (TOK_EXTRA / GPT_EXTRA), else the recipes' seed."""
+    settings = res["machine"].get("settings", {})
+    extra = " ".join(v for v in (settings.get("TOK_EXTRA", ""), settings.get("GPT_EXTRA", "")) if v)
+    seeds = sorted(set(re.findall(r"seed=(\d+)", extra)))
+    return f"seed {', '.join(seeds)}" if seeds else "seed 0 (recipes)"
+
+
+def run_summary(root: Path) -> dict[str, Any]:
+    """The numbers the replication section compares, for one results folder."""
+    res = load_results(root)
+    chains = res["chains"]
+    extractors = list(res["ref"].get("extractors", {}))
+    rows = {n: tok_row(ch, extractors) for n, ch in chains.items()}
+    cfgs = sorted({e["cfg_scale"] for ch in chains.values() for e in (ch["gpt_eval"] or {}).get("entries", [])})
+    _, ratios = _convergence_section(chains, extractors, cfgs)
+    gate = ema_gate(chains)
+    verdicts = {k: ("not tested" if gate and k != 2 else v)
+                for k, (v, _) in _claim_findings(res, rows, extractors, cfgs, ratios).items()}
+    final = {n: {(e, c): _final_fd(ch, e, c) for e in extractors for c in cfgs} for n, ch in chains.items()}
+    return {"label": run_label(res), "rows": rows, "final": final, "extractors": extractors, "cfgs": cfgs,
+            "verdicts": verdicts, "date": res["machine"].get("date", "?")}
+
+
+def _replication_section(runs: list[dict[str, Any]]) -> list[str]:
+    """Key numbers of every run side by side ("run 1 / run 2 / ..."), and the verdicts of each run."""
+    labels = " / ".join(r["label"] for r in runs)
+    md = ["## Replication: the same experiment with another seed", "",
+          (f"Every cell: {labels} (same commands, the seed of tokenizer and GPT training changed through `TOK_EXTRA` / "
+           f"`GPT_EXTRA`; dates: {', '.join(r['date'] for r in runs)}). The spread between the runs is the noise "
+           "floor for reading the differences above."), ""]
+    first = runs[0]
+    eff = next((e for e in first["extractors"] if not e.startswith("dinov2")), None)
+    cols: list[tuple[str, Any]] = [("PSNR (dB)", lambda r, n: r["rows"][n] and r["rows"][n]["psnr"]),
+                                   ("probe top-1 tokens", lambda r, n: r["rows"][n] and r["rows"][n]["probe"]),
+                                   ("probe top-1 slots", lambda r, n: r["rows"][n] and r["rows"][n]["probe_slots"])]
+    if eff:
+        cols.insert(1, (f"rFD {extractor_label(eff)}", lambda r, n: r["rows"][n] and r["rows"][n]["rfd"].get(eff)))
+    for e in first["extractors"]:
+        for c in first["cfgs"]:
+            cols.append((f"final FD {extractor_label(e)} {_cfg_label(c)}",
+                         lambda r, n, e=e, c=c: r["final"].get(n, {}).get((e, c))))
+
+    def cell(name: str, get: Any, label: str) -> str:
+        vals = [get(r, name) if name in r["rows"] else None for r in runs]
+        pct = label.startswith("probe")
+        return " / ".join(_pct(v) if pct else fmt(v) for v in vals)
+
+    md += _table(["tokenizer"] + [c for c, _ in cols],
+                 [[CHAINS[n]] + [cell(n, g, c) for c, g in cols] for n in first["rows"]])
+    md += ["", "Verdicts per run:", ""]
+    md += _table(["claim"] + [r["label"] for r in runs],
+                 [[f"{k}. {CLAIM_TITLES[k]}"] + [r["verdicts"].get(k, "–") for r in runs] for k in CLAIM_TITLES])
+    return md + [""]
 
 
 # ----------------------------------------------------------------------------------------------------------- page
@@ -676,8 +739,10 @@ def _time_section(chains: dict[str, Any], times: dict[str, dict[str, int]]) -> l
     return md
 
 
-def write_report(root: Path, out: Path) -> Path:
-    """Write the page ``out`` and its figures (in ``out`` without ``.md``) from the results folder ``root``."""
+def write_report(root: Path, out: Path, replicates: list[Path] = (), notes: Path | None = None) -> Path:
+    """Write the page ``out`` and its figures (in ``out`` without ``.md``) from the results folder ``root``;
+    ``replicates``: results folders of the same experiment with other seeds (a replication section); ``notes``: a
+    hand-written markdown reading, placed after the computed verdicts (kept when the page is regenerated)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -691,8 +756,14 @@ def write_report(root: Path, out: Path) -> Path:
     times, total, calls = stage_times(res["timing"])
     conv, ratios = _convergence_section(chains, extractors, cfgs)
     md = (_header(res, total, calls) + _tokenizer_section(res, rows, extractors, figdir)
-          + _gpt_section(res, extractors, cfgs, figdir) + conv + claims(res, rows, extractors, cfgs, ratios)
-          + _time_section(chains, times))
+          + _gpt_section(res, extractors, cfgs, figdir) + conv + claims(res, rows, extractors, cfgs, ratios))
+    if replicates:
+        md += _replication_section([run_summary(root)] + [run_summary(r) for r in replicates])
+    if notes is not None:
+        md += [notes.read_text().rstrip(), ""]
+    else:
+        md += ["_Prose reading: not written yet (report.py --notes FILE)._", ""]
+    md += _time_section(chains, times)
     out.write_text("\n".join(md) + "\n")
     return out
 
@@ -701,11 +772,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, help="the unpacked results.tar.gz of run.sh")
     parser.add_argument("--out", type=Path, default=Path("docs/results/cifar10.md"))
+    parser.add_argument("--replicate", type=Path, action="append", default=[],
+                        help="results folder of the same experiment with another seed (repeatable)")
+    parser.add_argument("--notes", type=Path, default=None,
+                        help="markdown file with the hand-written reading (e.g. experiments/cifar10/notes.md)")
     args = parser.parse_args(argv)
-    if not (args.results / "chains").is_dir():
-        print(f"report: {args.results}: no chains/ folder (unpack results.tar.gz there first)", file=sys.stderr)
+    for folder in [args.results, *args.replicate]:
+        if not (folder / "chains").is_dir():
+            print(f"report: {folder}: no chains/ folder (unpack results.tar.gz there first)", file=sys.stderr)
+            return 2
+    if args.notes is not None and not args.notes.is_file():
+        print(f"report: --notes {args.notes}: file not found", file=sys.stderr)
         return 2
-    path = write_report(args.results, args.out)
+    path = write_report(args.results, args.out, args.replicate, args.notes)
     print(f"wrote {path} and figures in {path.with_suffix('')}")
     return 0
 

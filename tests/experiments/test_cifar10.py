@@ -288,9 +288,12 @@ def test_run_sh_and_report_at_toy_size(tmp_path: Path) -> None:
     assert lp["num_images"] == 6 and math.isfinite(lp["lpips_vgg"]) and math.isfinite(lp["lpips_alex"])
 
     page = tmp_path / "doc" / "cifar10.md"
-    subprocess.run([sys.executable, str(EXP / "report.py"), str(results), "--out", str(page)], env=env, check=True,
-                   capture_output=True, timeout=120)
+    notes = tmp_path / "reading.md"
+    notes.write_text("## Reading\n\nhand-written words\n")
+    subprocess.run([sys.executable, str(EXP / "report.py"), str(results), "--out", str(page), "--replicate",
+                    str(results), "--notes", str(notes)], env=env, check=True, capture_output=True, timeout=120)
     text = page.read_text()
+    assert "## Replication" in text and "hand-written words" in text and "Prose reading" not in text
     assert "## Claims" in text and "(d) CNN encoder from scratch (baseline) was not run" in text
     assert "| LPIPS-VGG | LPIPS-AlexNet |" in text
     assert "Inception Score" not in text and "inception_score" not in text
