@@ -9,6 +9,8 @@ import torch
 
 from vfmtok.ops.ms_deform_attn import MSDeformAttn, level_start_index, ms_deform_attn, ms_deform_attn_gather
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _bilinear_zero_pad(img: torch.Tensor, x: float, y: float) -> torch.Tensor:
     """Sample (C, H, W) at normalised (x, y) with grid_sample semantics (align_corners=False, zero padding)."""
@@ -157,3 +159,38 @@ def test_module_impl_switch():
     attn.impl = "gather"
     torch.testing.assert_close(attn(query, ref_pts, feats, shapes), ref, rtol=1e-5, atol=1e-5)
     assert "impl" not in "".join(attn.state_dict())
+
+
+@pytest.mark.parametrize("core", [ms_deform_attn, ms_deform_attn_gather])
+def test_bf16_values_with_fp32_locations(core):
+    """bf16 values + fp32 locations/weights: sampled and mixed in fp32 (values upcast exactly), result rounded to
+    bf16, i.e. exactly the fp32 computation on the bf16 values, rounded once."""
+    g = torch.Generator().manual_seed(2)
+    shapes = [(6, 5), (3, 4)]
+    s = sum(h * w for h, w in shapes)
+    value = torch.randn(2, s, 4, 8, generator=g).bfloat16()
+    loc = torch.rand(2, 7, 4, 2, 3, 2, generator=g) * 1.4 - 0.2
+    weights = torch.rand(2, 7, 4, 2, 3, generator=g)
+    got = core(value, shapes, loc, weights)
+    assert got.dtype == torch.bfloat16 and got.shape == (2, 7, 32)
+    assert torch.equal(got, core(value.float(), shapes, loc, weights).bfloat16())
+    # a bf16 grid would have moved the samples: the fp32 locations are what was used
+    coarse = core(value.float(), shapes, loc.bfloat16().float(), weights).bfloat16()
+    assert not torch.equal(got, coarse)
+
+
+def test_sampling_is_fp32_under_autocast():
+    torch.manual_seed(0)
+    attn = MSDeformAttn(dim=16, n_levels=2, n_heads=4, n_points=2)
+    torch.nn.init.normal_(attn.sampling_offsets.weight, std=0.5)
+    torch.nn.init.normal_(attn.attention_weights.weight, std=0.5)
+    query = torch.randn(2, 5, 16).bfloat16()
+    ref_pts = torch.rand(1, 5, 2, 2)
+    shapes = [(4, 4), (2, 3)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attn.sampling(query, ref_pts, shapes)
+    want = attn.sampling(query.float(), ref_pts, shapes)
+    assert got.locations.dtype == torch.float32 and got.weights.dtype == torch.float32
+    assert torch.equal(got.locations, want.locations) and torch.equal(got.weights, want.weights)
+    # float64 stays float64 (the reference tests run the module in double)
+    assert attn.double().sampling(query.double(), ref_pts.double(), shapes).locations.dtype == torch.float64

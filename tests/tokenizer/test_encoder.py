@@ -1,11 +1,14 @@
-"""Region-adaptive encoder: reference grid, unequal levels, causality, grid ablation, regions, init modes."""
+"""Region-adaptive encoder: reference grid, unequal levels, causality, grid ablation, regions, init modes, the
+attention precision switch."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from vfmtok.tokenizer.encoder import RegionEncoder, anchor_reference_points, causal_mask
+from vfmtok.tokenizer.encoder import Attention, RegionEncoder, anchor_reference_points, causal_mask
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _levels(b: int = 2, dims=(12, 12, 12), shapes=((6, 6), (4, 5), (3, 3))) -> list[torch.Tensor]:
@@ -88,3 +91,79 @@ def test_fp32_region_under_autocast():
         out = enc(_levels())
     assert out.dtype in (torch.float32, torch.bfloat16)
     torch.testing.assert_close(out.float(), enc(_levels()), atol=0.1, rtol=0)
+
+
+def test_is_causal_equals_the_mask_path():
+    torch.manual_seed(0)
+    attn = Attention(16, 4).eval()
+    x = torch.randn(3, 9, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x, is_causal=True), attn(x, causal_mask(9)), rtol=0, atol=1e-6)
+        assert not torch.allclose(attn(x, is_causal=True), attn(x), atol=1e-3)  # it does mask
+    with pytest.raises(ValueError, match="is_causal"):
+        attn(x, causal_mask(9), is_causal=True)
+
+
+def _randomise_sampling(enc: RegionEncoder) -> RegionEncoder:
+    """Non-zero offset / weight layers (a trained encoder's locations depend on the query; at init they do not)."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer in enc.layers:
+            for lin in (layer.cross_attn.sampling_offsets, layer.cross_attn.attention_weights):
+                lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * 0.3)
+    return enc
+
+
+def _linear_dtypes(enc: RegionEncoder, levels) -> dict[str, tuple[torch.dtype, torch.dtype]]:
+    """(input dtype, output dtype) of every Linear in the layers during one forward under CPU bf16 autocast."""
+    seen, hooks = {}, []
+
+    def record(name: str):
+        def hook(module, inputs, output) -> None:
+            seen.setdefault(name, (inputs[0].dtype, output.dtype))
+        return hook
+
+    for name, mod in enc.layers.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            hooks.append(mod.register_forward_hook(record(name)))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        enc(levels)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def test_attention_fp32_switch_precision():
+    """True (default): both attentions see fp32 under autocast. False: value projection and self-attention follow the
+    bf16 autocast, the sampling offset / weight layers stay fp32."""
+    enc = _randomise_sampling(_encoder())
+    assert enc.attention_fp32 and all(layer.attention_fp32 for layer in enc.layers)
+    fp32 = torch.float32, torch.float32
+    official = _linear_dtypes(enc, _levels())
+    for name in ("cross_attn.value_proj", "cross_attn.sampling_offsets", "cross_attn.attention_weights",
+                 "cross_attn.output_proj", "self_attn.q_proj", "self_attn.out_proj"):
+        assert official[f"0.{name}"] == fp32, name
+    assert official["0.linear1"][1] == torch.bfloat16  # the FFN follows autocast in both modes
+
+    enc.attention_fp32 = False
+    assert not any(layer.attention_fp32 for layer in enc.layers)
+    low = _linear_dtypes(enc, _levels())
+    for name in ("cross_attn.sampling_offsets", "cross_attn.attention_weights"):
+        assert low[f"1.{name}"] == fp32, name
+    for name in ("cross_attn.value_proj", "cross_attn.output_proj", "self_attn.q_proj", "self_attn.out_proj"):
+        assert low[f"1.{name}"][1] == torch.bfloat16, name
+    assert "attention_fp32" not in "".join(enc.state_dict())
+
+
+def test_sampling_locations_stay_fp32_with_bf16_attention():
+    enc = _randomise_sampling(_encoder())
+    levels = _levels()
+    with torch.no_grad():
+        want = enc.regions(levels)
+        enc.attention_fp32 = False
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = enc.regions(levels)
+    assert got.locations.dtype == torch.float32 and got.weights.dtype == torch.float32
+    # layer 0 sees the same (fp32) query either way: identical locations; later layers only differ by bf16 rounding
+    assert torch.equal(got.locations[0], want.locations[0]) and torch.equal(got.weights[0], want.weights[0])
+    torch.testing.assert_close(got.locations, want.locations, rtol=0, atol=2e-2)

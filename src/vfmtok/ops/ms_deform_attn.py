@@ -66,25 +66,31 @@ def ms_deform_attn(
         attention_weights: (B, Lq, M, L, P) mixing weights (already normalised by the caller).
 
     Returns:
-        (B, Lq, M * Dh) sampled and mixed values, head-major channels.
+        (B, Lq, M * Dh) sampled and mixed values, head-major channels, in ``value``'s dtype.
+
+    Mixed precision: ``value`` may be bf16/fp16 with float32 locations and weights. ``grid_sample`` needs one dtype
+    for the map and the grid, and a bf16 grid would move the samples by up to ~0.05 px on a 24-px map, so the values
+    are upcast to the locations' dtype (exact) and sampled and mixed there; only the result is rounded to ``value``'s
+    dtype. With all inputs in one dtype nothing is cast.
     """
     shapes = _checked_shapes(value, spatial_shapes, sampling_locations)
     b, s, m, dh = value.shape
     _, lq, _, n_levels, n_points, _ = sampling_locations.shape
+    dtype = torch.promote_types(value.dtype, sampling_locations.dtype)  # the sampling and mixing dtype
     value_levels = value.split([h * w for h, w in shapes], dim=1)
-    grids = 2.0 * sampling_locations - 1.0  # grid_sample wants [-1, 1]
+    grids = 2.0 * sampling_locations.to(dtype) - 1.0  # grid_sample wants [-1, 1]
     sampled = []
     for lvl, (h, w) in enumerate(shapes):
         # (B, H*W, M, Dh) -> (B*M, Dh, H, W)
-        v = value_levels[lvl].flatten(2).transpose(1, 2).reshape(b * m, dh, h, w)
+        v = value_levels[lvl].flatten(2).transpose(1, 2).reshape(b * m, dh, h, w).to(dtype)
         # (B, Lq, M, P, 2) -> (B*M, Lq, P, 2)
         g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)
         # (B*M, Dh, Lq, P)
         sampled.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
     # (B, Lq, M, L, P) -> (B*M, 1, Lq, L*P)
-    weights = attention_weights.transpose(1, 2).reshape(b * m, 1, lq, n_levels * n_points)
+    weights = attention_weights.to(dtype).transpose(1, 2).reshape(b * m, 1, lq, n_levels * n_points)
     out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)  # (B*M, Dh, Lq)
-    return out.view(b, m * dh, lq).transpose(1, 2).contiguous()  # (B, Lq, M*Dh)
+    return out.view(b, m * dh, lq).transpose(1, 2).to(value.dtype).contiguous()  # (B, Lq, M*Dh)
 
 
 def ms_deform_attn_gather(
@@ -98,6 +104,12 @@ def ms_deform_attn_gather(
     gather, the weighting and the sum fuse into one reduction that reads each value row once per corner, which is
     what the official CUDA kernel does and what ``grid_sample`` (a loop over channels per sample point) does not.
     Equal to :func:`ms_deform_attn` up to float rounding (tested).
+
+    Mixed precision: ``value`` may be bf16/fp16 with float32 locations and weights. The index and bilinear-weight
+    arithmetic runs in the locations' dtype; each gathered row is upcast to the promoted dtype (float32) before the
+    weighting, so the weighted sum accumulates in float32, and only the result is rounded to ``value``'s dtype. Under
+    ``torch.compile`` the upcast fuses into the gather (the rows are still read as bf16); eager, it materialises the
+    gathered rows once more in float32.
     """
     shapes = _checked_shapes(value, spatial_shapes, sampling_locations)
     b, s, m, dh = value.shape
@@ -123,9 +135,10 @@ def ms_deform_attn_gather(
     rows = value.transpose(1, 2).reshape(b * m * s, dh)
     bm = (torch.arange(b, device=dev).view(b, 1, 1) * m + torch.arange(m, device=dev).view(1, 1, m)) * s  # (B,1,M)
     flat = (index + bm.view(b, 1, m, 1, 1, 1)).flatten(3)  # (B, Lq, M, L*P*4)
-    gathered = rows[flat]  # (B, Lq, M, K, Dh)
-    out = (gathered * weight.flatten(3).unsqueeze(-1).to(gathered.dtype)).sum(3)  # (B, Lq, M, Dh)
-    return out.reshape(b, lq, m * dh)
+    dtype = torch.promote_types(value.dtype, weight.dtype)  # the accumulation dtype
+    gathered = rows[flat].to(dtype)  # (B, Lq, M, K, Dh)
+    out = (gathered * weight.flatten(3).unsqueeze(-1).to(dtype)).sum(3)  # (B, Lq, M, Dh)
+    return out.reshape(b, lq, m * dh).to(value.dtype)
 
 
 DEFORM_IMPLS = ("grid_sample", "gather")
@@ -185,18 +198,24 @@ class MSDeformAttn(nn.Module):
         """Sampling locations and attention weights of every query.
 
         Args:
-            query: (B, Lq, dim).
+            query: (B, Lq, dim), any float dtype.
             reference_points: (B or 1, Lq, L, 2) normalised (x, y) reference point of each query on each level.
             spatial_shapes: (L, 2) or sequence of (H_l, W_l); offsets are in units of each level's pixels.
+
+        Always computed at float32 or wider (bf16/fp16 queries are upcast) with autocast disabled: a bf16 location
+        near 1 is only good to ~2^-8 of the map, ~0.05 px on a 24-px level. The two small Linear layers cost little.
         """
         b, lq, _ = query.shape
         shapes = _as_shape_list(spatial_shapes)
         m, n_lv, p = self.n_heads, self.n_levels, self.n_points
-        offsets = self.sampling_offsets(query).view(b, lq, m, n_lv, p, 2)
-        weights = self.attention_weights(query).view(b, lq, m, n_lv * p).softmax(-1).view(b, lq, m, n_lv, p)
-        # offsets are in pixels of each level: divide by (W_l, H_l) to get normalised coordinates
-        normalizer = torch.tensor([[w, h] for h, w in shapes], dtype=query.dtype, device=query.device)
-        locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        dtype = torch.promote_types(query.dtype, torch.float32)
+        with torch.autocast(device_type=query.device.type, enabled=False):
+            query, reference_points = query.to(dtype), reference_points.to(dtype)
+            offsets = self.sampling_offsets(query).view(b, lq, m, n_lv, p, 2)
+            weights = self.attention_weights(query).view(b, lq, m, n_lv * p).softmax(-1).view(b, lq, m, n_lv, p)
+            # offsets are in pixels of each level: divide by (W_l, H_l) to get normalised coordinates
+            normalizer = torch.tensor([[w, h] for h, w in shapes], dtype=dtype, device=query.device)
+            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
         return DeformSampling(locations, weights)
 
     def forward(
@@ -209,7 +228,9 @@ class MSDeformAttn(nn.Module):
             spatial_shapes: (L, 2) or sequence of (H_l, W_l) with sum H_l W_l = S.
 
         Returns:
-            (B, Lq, dim).
+            (B, Lq, dim). Under autocast the value and output projections follow it (bf16 values are sampled as
+            described in :func:`ms_deform_attn` / :func:`ms_deform_attn_gather`); the sampling locations and weights
+            are float32 regardless (:meth:`sampling`).
         """
         b, s, _ = input_flatten.shape
         value = self.value_proj(input_flatten).view(b, s, self.n_heads, self.dim // self.n_heads)  # (B, S, M, Dh)

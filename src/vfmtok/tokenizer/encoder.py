@@ -7,6 +7,7 @@ Data flow (released model, B images):
     reference points: fixed 16 x 16 grid of cell centres, (x, y), token k <-> (row k // 16, col k % 16), same point
       on every level, never refined
       -> 6 post-norm layers [MS-deformable cross-attn (fp32) -> causal self-attn (fp32) -> ReLU FFN]
+         (``attention_fp32=False``, an inference switch: both attentions under the caller's autocast, locations fp32)
     slots (B, 256, 512)
 
 Official quirks kept: q, k AND v of the self-attention are all projected from ``src + pos``; the self-attention is
@@ -54,13 +55,21 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(dim, dim)
         self.out_proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """``x``: (B, N, dim); ``mask``: (N, N) bool, True where attention is allowed, or None -> (B, N, dim)."""
+    def forward(self, x: Tensor, mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        """``x``: (B, N, dim) -> (B, N, dim).
+
+        ``mask``: (N, N) bool, True where attention is allowed, or None. ``is_causal``: position i attends to
+        positions <= i, the same function as ``mask=causal_mask(N)`` but without a mask tensor, so SDPA may pick its
+        flash / memory-efficient kernels (an explicit mask keeps it off the flash kernel). Not both.
+        """
+        if mask is not None and is_causal:
+            raise ValueError("Attention: pass either mask or is_causal=True, not both")
         b, n, c = x.shape
         h = self.num_heads
         q, k, v = (p(x).view(b, n, h, c // h).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, scale=self.scale
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal,
+            scale=self.scale,
         )  # (B, h, N, c/h)
         return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
 
@@ -109,6 +118,12 @@ class EncoderLayer(nn.Module):
 
     The official norm names are kept (``norm1`` after cross-attention, ``norm3`` after self-attention, ``norm2``
     after the FFN) so the layer reads against the released checkpoint. ``cross_attn`` is None in grid mode.
+
+    ``attention_fp32`` (a plain attribute, not config, not state): True (default, official) runs both attentions in
+    float32 with autocast disabled. False leaves them under the caller's autocast, so under bf16 autocast the value
+    projection, the sampled values and the self-attention run in bf16; the sampling locations and weights stay float32
+    either way (:meth:`MSDeformAttn.sampling`). Inference speed switch: see
+    :func:`vfmtok.tokenizer.inference.prepare_inference`.
     """
 
     def __init__(
@@ -117,6 +132,7 @@ class EncoderLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.causal = causal
+        self.attention_fp32 = True
         self.cross_attn = MSDeformAttn(dim, n_levels, n_heads, n_points) if deformable else None
         self.norm1 = nn.LayerNorm(dim) if deformable else None
         self.self_attn = Attention(dim, n_heads)  # official: dropout never passed (0)
@@ -137,19 +153,35 @@ class EncoderLayer(nn.Module):
     ) -> Tensor:
         """``src``: (B, L, dim) anchors; ``pos``: (1, L, dim); ``reference_points``: (1, L, n_levels, 2);
         ``values``: (B, S, dim) flattened levels. ``collect`` receives the layer's :class:`DeformSampling`."""
-        # The official layer forces fp32 for both attentions (its CUDA kernel needs fp32): autocast off, fp32 inputs.
-        with torch.autocast(device_type=src.device.type, enabled=False):
-            if self.cross_attn is not None:
-                query = (src + pos).float()
-                if collect is not None:
-                    collect.append(self.cross_attn.sampling(query, reference_points.float(), spatial_shapes))
-                out = self.cross_attn(query, reference_points.float(), values.float(), spatial_shapes)
-                src = self.norm1(src.float() + self.dropout(out))
-            n = src.shape[1]
-            mask = causal_mask(n, src.device) if self.causal else None
-            src = self.norm3(src.float() + self.dropout(self.self_attn((src + pos).float(), mask)))
+        if self.attention_fp32:
+            # The official layer forces fp32 for both attentions (its CUDA kernel needs fp32): no autocast, fp32 inputs.
+            with torch.autocast(device_type=src.device.type, enabled=False):
+                src = self._attend(src.float(), pos.float(), reference_points, values, spatial_shapes, collect, True)
+        else:  # the caller's autocast applies (bf16 values and self-attention); sampling locations stay fp32
+            src = self._attend(src, pos, reference_points, values, spatial_shapes, collect, False)
         ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout(ffn))
+
+    def _attend(
+        self,
+        src: Tensor,
+        pos: Tensor,
+        reference_points: Tensor | None,
+        values: Tensor | None,
+        spatial_shapes: Sequence[tuple[int, int]],
+        collect: list | None,
+        fp32: bool,
+    ) -> Tensor:
+        """Cross-attention (deformable mode) and causal self-attention with their residuals and post-norms."""
+        if self.cross_attn is not None:
+            query = src + pos
+            if fp32:
+                reference_points, values = reference_points.float(), values.float()
+            if collect is not None:
+                collect.append(self.cross_attn.sampling(query, reference_points, spatial_shapes))
+            out = self.cross_attn(query, reference_points, values, spatial_shapes)
+            src = self.norm1(src + self.dropout(out))
+        return self.norm3(src + self.dropout(self.self_attn(src + pos, is_causal=self.causal)))
 
 
 class EncoderRegions(NamedTuple):
@@ -180,6 +212,8 @@ class RegionEncoder(nn.Module):
         dropout: dropout on the residual branches (0 in the released model).
         causal: causal self-attention over the anchors (official) or full.
         init: ``"official"`` (PyTorch-default Linear init, as the released model trained) or ``"xavier"``.
+
+    ``attention_fp32`` (property over the layers, default True): see :class:`EncoderLayer`.
     """
 
     def __init__(
@@ -227,6 +261,19 @@ class RegionEncoder(nn.Module):
     @property
     def num_tokens(self) -> int:
         return self.anchor_grid * self.anchor_grid
+
+    @property
+    def attention_fp32(self) -> bool:
+        """True when every layer runs its attentions in float32 (official, default); see :class:`EncoderLayer`.
+
+        Setting it sets every layer's ``attention_fp32``; it is neither config nor state.
+        """
+        return all(layer.attention_fp32 for layer in self.layers)
+
+    @attention_fp32.setter
+    def attention_fp32(self, value: bool) -> None:
+        for layer in self.layers:
+            layer.attention_fp32 = bool(value)
 
     def _prepare(self, levels: Sequence[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
         if len(levels) != self.num_levels:
