@@ -14,7 +14,9 @@ encodes random images and decodes random codes at ``--batch-size`` (default 64),
   afterwards), which is what the region encoder's float32 attention islands then use;
 * ``bf16-fast-lowp``: ``bf16-fast`` with the gather form and the region encoder's attentions under the bf16 autocast
   instead of float32 (``prepare_inference(..., deform_impl="gather", attention_fp32=False)``; the sampling locations
-  stay float32; changes rounding only, see :func:`~vfmtok.tokenizer.inference.prepare_inference`).
+  stay float32; changes rounding only, see :func:`~vfmtok.tokenizer.inference.prepare_inference`);
+  ``bf16-fast-triton``: ``bf16-fast-lowp`` with the deformable sampling as the forward-only Triton kernel
+  (``deform_impl="triton"``, :mod:`vfmtok.ops.ms_deform_attn_triton`).
 
 For each setting it times ``encode`` (backbone -> region encoder -> quantizer, codes out), the backbone forward alone
 (to give the share of our layers on top of it) and ``decode`` (codes -> image), and appends one JSON object per setting
@@ -49,7 +51,7 @@ from vfmtok.tokenizer.presets import tokenizer_preset
 
 SETTINGS = (
     "fp32", "tf32", "bf16-autocast", "bf16-fast", "bf16-fast-gather", "bf16-fast-nchw", "bf16-fast-tf32",
-    "bf16-fast-lowp",
+    "bf16-fast-lowp", "bf16-fast-triton",
 )
 PROFILE_TOP = 25
 
@@ -119,8 +121,9 @@ def _run_setting(args, setting: str, device: torch.device) -> dict:
     fast = setting.startswith("bf16-fast")
     if fast:
         prepare_inference(tok, backbone_dtype=torch.bfloat16, compile=True, channels_last=setting != "bf16-fast-nchw",
-                          deform_impl="gather" if setting in ("bf16-fast-gather", "bf16-fast-lowp") else None,
-                          attention_fp32=setting != "bf16-fast-lowp")
+                          deform_impl={"bf16-fast-gather": "gather", "bf16-fast-lowp": "gather",
+                                       "bf16-fast-triton": "triton"}.get(setting),
+                          attention_fp32=setting not in ("bf16-fast-lowp", "bf16-fast-triton"))
     s = tok.config.image_size
     images = torch.rand(args.batch_size, 3, s, s, device=device) * 2 - 1
     codes = torch.randint(0, tok.config.codebook_size, (args.batch_size, tok.config.num_tokens), device=device)

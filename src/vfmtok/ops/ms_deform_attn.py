@@ -141,7 +141,7 @@ def ms_deform_attn_gather(
     return out.reshape(b, lq, m * dh).to(value.dtype)
 
 
-DEFORM_IMPLS = ("grid_sample", "gather")
+DEFORM_IMPLS = ("grid_sample", "gather", "triton")
 
 
 class DeformSampling(NamedTuple):
@@ -170,7 +170,9 @@ class MSDeformAttn(nn.Module):
         if dim % n_heads:
             raise ValueError(f"MSDeformAttn: dim {dim} is not divisible by n_heads {n_heads}")
         self.dim, self.n_levels, self.n_heads, self.n_points = dim, n_levels, n_heads, n_points
-        self.impl = "grid_sample"  # or "gather" (:func:`ms_deform_attn_gather`); not part of the state dict
+        # or "gather" (:func:`ms_deform_attn_gather`) or "triton" (forward-only kernel, inference:
+        # :mod:`vfmtok.ops.ms_deform_attn_triton`); not part of the state dict
+        self.impl = "grid_sample"
         self.sampling_offsets = nn.Linear(dim, n_heads * n_levels * n_points * 2)
         self.attention_weights = nn.Linear(dim, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(dim, dim)
@@ -235,6 +237,9 @@ class MSDeformAttn(nn.Module):
         b, s, _ = input_flatten.shape
         value = self.value_proj(input_flatten).view(b, s, self.n_heads, self.dim // self.n_heads)  # (B, S, M, Dh)
         sampling = self.sampling(query, reference_points, spatial_shapes)
-        core = ms_deform_attn_gather if self.impl == "gather" else ms_deform_attn
+        if self.impl == "triton":  # forward-only CUDA kernel (inference): imported here, triton is optional
+            from .ms_deform_attn_triton import ms_deform_attn_triton as core
+        else:
+            core = ms_deform_attn_gather if self.impl == "gather" else ms_deform_attn
         out = core(value, spatial_shapes, sampling.locations, sampling.weights)  # (B, Lq, dim)
         return self.output_proj(out)

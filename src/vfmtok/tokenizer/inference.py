@@ -37,7 +37,9 @@ def prepare_inference(
             in bf16 on recent GPUs).
         deform_impl: None (unchanged) or the multi-scale deformable attention formulation of the region encoder:
             ``"grid_sample"`` or ``"gather"`` (:func:`~vfmtok.ops.ms_deform_attn.ms_deform_attn_gather`, which
-            ``torch.compile`` fuses into one pass; same values up to rounding).
+            ``torch.compile`` fuses into one pass; same values up to rounding) or ``"triton"``
+            (:func:`~vfmtok.ops.ms_deform_attn_triton.ms_deform_attn_triton`, one hand-written forward-only kernel on
+            CUDA: the fastest; needs ``triton``).
         attention_fp32: set on every region-encoder layer (:class:`~vfmtok.tokenizer.encoder.EncoderLayer`). True
             (default, official): both attentions run in float32 with autocast disabled. False: they follow the
             caller's autocast, so under bf16 autocast the deformable value projection, the sampled values and the
