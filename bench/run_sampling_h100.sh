@@ -16,5 +16,5 @@ $B --models gpt-xxl --paths official eager fast-nofuse --batches 1 256 --baselin
 $B --models gpt-b --paths official official-compiled eager fast --batches 1 64 256 512 --baseline-batches 256 --cfg 1.0 2.0
 # GPT-XXL: the official decoding compiled as LlamaGen compiles it (long compilation: last)
 $B --models gpt-xxl --paths official-compiled --baseline-batches 256 --cfg 1.0
-# Variants: the memory-efficient SDPA kernel (unmeasured), Inductor autotuning (cuDNN SDPA refuses the shape: not run)
+# Variants: the memory-efficient SDPA kernel, Inductor autotuning (cuDNN SDPA refuses the shape: not run)
 $B --models gpt-xxl --paths fast-efficient fast-autotune --batches 1 768 --cfg 1.0 --max-rows 768
