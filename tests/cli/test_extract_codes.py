@@ -97,3 +97,23 @@ def test_extract_codes_needs_labels(tokenizer_dir, tmp_path, capsys):
     Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(flat / "a.png")
     assert _extract(tokenizer_dir, flat, tmp_path / "out") == 2
     assert "without class labels" in capsys.readouterr().err
+
+
+def test_extract_codes_bf16_precision_is_recorded_and_close_to_fp32(tokenizer_dir, data_dir, tmp_path, capsys):
+    fp32, bf16 = tmp_path / "fp32", tmp_path / "bf16"
+    assert _extract(tokenizer_dir, data_dir, fp32) == 0
+    assert _extract(tokenizer_dir, data_dir, bf16, "--precision", "bf16") == 0
+    assert json.loads((bf16 / "extraction.json").read_text())["precision"] == "bf16"
+    a = np.concatenate([read_shard(shard_path(fp32, k)).codes for k in range(3)])
+    b = np.concatenate([read_shard(shard_path(bf16, k)).codes for k in range(3)])
+    assert a.shape == b.shape and int(b.max()) < 64
+    assert (a == b).mean() > 0.9  # the same tokenizer; bf16 rounding flips only near-ties (99.6 % equal here)
+    capsys.readouterr()
+    assert _extract(tokenizer_dir, data_dir, bf16) == 2  # resuming in another precision is refused
+    assert "different settings (precision)" in capsys.readouterr().err
+    # an extraction recorded before --precision existed counts as fp32
+    settings = json.loads((fp32 / "extraction.json").read_text())
+    del settings["precision"]
+    (fp32 / "extraction.json").write_text(json.dumps(settings))
+    (fp32 / "manifest.json").unlink()
+    assert _extract(tokenizer_dir, data_dir, fp32) == 0

@@ -13,7 +13,9 @@ with ``k % world_size == r``. Each shard is written atomically, so a run killed 
 the same command again: finished shards are skipped, temporaries removed. Unreadable images are recorded as skipped.
 When every shard is present, rank 0 checks that each dataset index occurs exactly once (encoded or skipped) and writes
 ``manifest.json`` last. The arguments are recorded in ``extraction.json``; resuming with different ones is refused.
-Encoding runs in strict fp32 (no autocast, no TF32), as the official evaluation encodes.
+Encoding runs in strict fp32 (no autocast, no TF32), as the official evaluation encodes; ``--precision bf16`` encodes
+with :func:`vfmtok.tokenizer.inference.fast_encode` instead (bf16, compiled, Triton deformable sampling on CUDA:
+~3.5x the official encode speed on an H100; a few codes may differ where two codes are nearly equidistant).
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-size", type=int, default=1000, help="images per shard (default 1000)")
     parser.add_argument("--num-workers", type=int, default=4, help="data-loading worker processes (default 4)")
     parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cuda, cpu")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="fp32: strict float32, the official protocol (default); bf16: the fast inference settings "
+                             "(vfmtok.tokenizer.inference.fast_encode), recorded with the extraction")
     parser.add_argument("--max-shards", type=int, default=None,
                         help="write at most this many shards per rank, then stop (re-run to continue)")
 
@@ -67,7 +72,11 @@ def _settings(args: argparse.Namespace, tok_dir: Path, num_images: int, mode: st
         "shard_size": args.shard_size,
         "augmentation": mode,
         "crop": args.crop,
+        "precision": args.precision,
     }
+
+
+_SETTING_DEFAULTS = {"precision": "fp32"}  # settings newer than some extractions on disk: their implied value
 
 
 def _check_settings(out: Path, settings: dict[str, Any], write: bool) -> None:
@@ -77,7 +86,7 @@ def _check_settings(out: Path, settings: dict[str, Any], write: bool) -> None:
     path = out / "extraction.json"
     if path.exists():
         old = json.loads(path.read_text())
-        diff = sorted(k for k in settings if old.get(k) != settings[k])
+        diff = sorted(k for k in settings if old.get(k, _SETTING_DEFAULTS.get(k)) != settings[k])
         if diff:
             raise UserError(f"{out} holds an extraction with different settings ({', '.join(diff)}); "
                             "use another --out or delete it")
@@ -130,8 +139,14 @@ def run(args: argparse.Namespace) -> int:
             log.info("%s is already complete", out)
             return 0
         num_tokens, vocab = tcfg.num_tokens, tcfg.vocab_size
+        if args.precision == "bf16":
+            from vfmtok.tokenizer.inference import fast_encode
+
+            encode = fast_encode(tok)
+        else:
+            encode = tok.encode
         written = extract_shards(
-            dataset, tok.encode, out, image_size=size, num_tokens=num_tokens, vocab_size=vocab, mode=mode,
+            dataset, encode, out, image_size=size, num_tokens=num_tokens, vocab_size=vocab, mode=mode,
             shard_size=args.shard_size, batch_size=args.batch_size, num_workers=args.num_workers, rank=info.rank,
             world_size=info.world_size, device=info.device, max_shards=args.max_shards, progress=info.is_main,
         )

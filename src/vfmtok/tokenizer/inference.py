@@ -10,7 +10,10 @@ Measured effect: ``bench/tokenizer.py`` and docs/results/performance.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from torch import Tensor
 
 from ..ops.ms_deform_attn import DEFORM_IMPLS, MSDeformAttn
 from .encoder import EncoderLayer
@@ -77,3 +80,30 @@ def prepare_inference(
         tok.token_decoder.forward_pixels = torch.compile(tok.token_decoder.forward_pixels)
         tok.pixel_decoder.compile()
     return tok
+
+
+def fast_encode(tok: VFMTokenizer, *, compile: bool | None = None) -> Callable[[Tensor], Tensor]:
+    """Set ``tok`` up with the fastest encode settings measured and return its ``encode`` under bf16 autocast.
+
+    On CUDA that is ``bench/tokenizer.py``'s ``bf16-fast-triton`` (docs/results/performance.md): bf16 backbone
+    weights, ``torch.compile``, the region encoder's attentions in bf16 (``attention_fp32=False``) and the deformable
+    sampling as the Triton kernel (the gather form when ``triton`` is missing); elsewhere the same without the
+    kernel and, unless ``compile=True``, without compilation. The codes can differ from the float32 path's where two
+    codes are nearly equidistant (rounding); use the plain ``tok.encode`` for the official float32 protocol.
+
+    Returns:
+        ``encode(images)``: (B, 3, H, W) float in [-1, 1] -> (B, L) int64 codes, without grad.
+    """
+    from ..ops.ms_deform_attn_triton import triton_available
+
+    device = next(tok.parameters()).device
+    cuda = device.type == "cuda"
+    prepare_inference(tok, backbone_dtype=torch.bfloat16, compile=cuda if compile is None else compile,
+                      channels_last=True, deform_impl="triton" if cuda and triton_available() else "gather",
+                      attention_fp32=False)
+
+    def encode(images: Tensor) -> Tensor:
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+            return tok.encode(images)
+
+    return encode
