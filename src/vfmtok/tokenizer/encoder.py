@@ -155,10 +155,12 @@ class EncoderLayer(nn.Module):
         ``values``: (B, S, dim) flattened levels. ``collect`` receives the layer's :class:`DeformSampling`."""
         if self.attention_fp32:
             # The official layer forces fp32 for both attentions (its CUDA kernel needs fp32): no autocast, fp32 inputs.
+            src, pos, reference_points, values = (None if t is None else t.float()
+                                                  for t in (src, pos, reference_points, values))
             with torch.autocast(device_type=src.device.type, enabled=False):
-                src = self._attend(src.float(), pos.float(), reference_points, values, spatial_shapes, collect, True)
+                src = self._attend(src, pos, reference_points, values, spatial_shapes, collect)
         else:  # the caller's autocast applies (bf16 values and self-attention); sampling locations stay fp32
-            src = self._attend(src, pos, reference_points, values, spatial_shapes, collect, False)
+            src = self._attend(src, pos, reference_points, values, spatial_shapes, collect)
         ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout(ffn))
 
@@ -170,13 +172,10 @@ class EncoderLayer(nn.Module):
         values: Tensor | None,
         spatial_shapes: Sequence[tuple[int, int]],
         collect: list | None,
-        fp32: bool,
     ) -> Tensor:
         """Cross-attention (deformable mode) and causal self-attention with their residuals and post-norms."""
         if self.cross_attn is not None:
             query = src + pos
-            if fp32:
-                reference_points, values = reference_points.float(), values.float()
             if collect is not None:
                 collect.append(self.cross_attn.sampling(query, reference_points, spatial_shapes))
             out = self.cross_attn(query, reference_points, values, spatial_shapes)
