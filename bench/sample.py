@@ -10,10 +10,14 @@ token grids with :func:`vfmtok.generator.sample` (temperature 1, no top-k/top-p)
 * ``fast``: our :class:`~vfmtok.generator.fast_decode.FastDecoder` (fused layer halves under ``torch.compile``, one
   CUDA graph per position), the ``sample(..., compile=True)`` path; ``fast-nofuse``: graphs without ``torch.compile``;
   ``fast-efficient`` / ``fast-cudnn``: the fast path with SDPA's memory-efficient / cuDNN attention kernel forced;
-  ``fast-autotune``: the fused functions compiled with ``mode="max-autotune-no-cudagraphs"``.
+  ``fast-autotune``: the fused functions compiled with ``mode="max-autotune-no-cudagraphs"``; ``fast-torch`` /
+  ``fast-triton``: the fast path with its layer kernels chosen (``kernels="torch"``: the fused functions around cuBLAS;
+  ``"triton"``: five Triton matrix-vector kernels per layer, :mod:`vfmtok.ops.decode_triton`); ``fast`` takes
+  ``kernels="auto"`` (Triton up to ``TRITON_MAX_ROWS`` rows on CUDA).
 
 Each case runs once untimed (compilation, graph capture, allocation: reported as ``setup_s``) and then ``--repeats``
-timed times; images/s and ms/step use the best timed run. Every case also reports the memory-bandwidth limit: per
+timed times; images/s and ms/step use the best timed run; ``--profile FILE`` then appends the CUDA-kernel table of
+one more run (``torch.profiler``) to FILE. Every case also reports the memory-bandwidth limit: per
 image, the decode streams the weights once per step (shared by the batch) and reads the filled KV cache
 (``n_layer x 2 x D x 2 bytes`` per cached position, 32,896 positions per row over 256 steps), at the bandwidth of a
 large device-to-device copy measured in the same run. One JSON object per case is appended to ``--out`` (JSON lines)
@@ -44,6 +48,8 @@ PATHS = {
     "fast-efficient": dict(baseline=None, compile={"attn_backend": "efficient"}),
     "fast-cudnn": dict(baseline=None, compile={"attn_backend": "cudnn"}),
     "fast-autotune": dict(baseline=None, compile={"compile_mode": "max-autotune-no-cudagraphs"}),
+    "fast-torch": dict(baseline=None, compile={"kernels": "torch"}),
+    "fast-triton": dict(baseline=None, compile={"kernels": "triton"}),
 }
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -86,7 +92,9 @@ def limit(gpt: GPT, images: int, rows: int, bandwidth: float) -> dict[str, float
             "kv_bytes_per_image": kv_bytes / images}
 
 
-def run_case(gpt: GPT, path: str, batch: int, cfg: float, repeats: int, device: torch.device) -> dict:
+def run_case(
+    gpt: GPT, path: str, batch: int, cfg: float, repeats: int, device: torch.device, profile: str | None = None
+) -> dict:
     labels = torch.arange(batch, device=device) % gpt.config.num_classes
     kwargs = dict(PATHS[path], cfg_scale=cfg)
 
@@ -104,6 +112,17 @@ def run_case(gpt: GPT, path: str, batch: int, cfg: float, repeats: int, device: 
     setup = once()
     times = [once() for _ in range(repeats)]
     best = min(times)
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as profiler
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profiler(activities=activities) as prof:
+            once()
+        sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        with open(profile, "a") as f:
+            f.write(f"## {gpt.config.n_layer} layers, dim {gpt.config.dim}, path {path}, batch {batch}, cfg {cfg}\n")
+            f.write(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=90) + "\n")
     return {"setup_s": setup, "times_s": times, "images_per_s": batch / best, "s_per_image": best / batch,
             "ms_per_step": 1e3 * best / gpt.num_tokens}
 
@@ -121,6 +140,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", default="sample.jsonl")
+    ap.add_argument("--profile", help="append each case's kernel table (one extra profiled run) to this file")
     args = ap.parse_args()
     device = torch.device(args.device)
     for name in ("recompile_limit", "cache_size_limit"):  # one compilation per batch shape
@@ -145,7 +165,7 @@ def main() -> None:
                     row = {"model": model, "params": params, "path": path, "batch": batch, "cfg": cfg, "rows": rows,
                            **env}
                     try:
-                        row.update(run_case(gpt, path, batch, cfg, args.repeats, device))
+                        row.update(run_case(gpt, path, batch, cfg, args.repeats, device, args.profile))
                         row.update(limit(gpt, batch, rows, bandwidth))
                         row["fraction_of_limit"] = row["images_per_s"] / row["limit_images_per_s"]
                     except Exception as e:  # noqa: BLE001 - a failing case is recorded, the sweep goes on

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
 
 from vfmtok.generator import GPT, balanced_labels, cfg_scales, generate, gpt_preset, sample
+from vfmtok.generator.fast_decode import FastDecoder
 from vfmtok.generator.sampling import apply_cfg, filter_logits, sample_logits
+from vfmtok.ops import decode_triton
 
 
 def _tiny(**overrides) -> GPT:
@@ -101,6 +104,28 @@ def test_fast_path_equals_plain_path(options):
     plain = sample(gpt, labels, generator=torch.Generator().manual_seed(2), cfg_scale=3.0, baseline="plain")
     fast = sample(gpt, labels, generator=torch.Generator().manual_seed(2), cfg_scale=3.0, compile=options)
     assert torch.equal(plain, fast)
+
+
+@pytest.mark.skipif(not decode_triton.triton_available() or os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="needs triton and TRITON_INTERPRET=1 (the Triton kernels on CPU)")
+def test_triton_kernels_path_equals_plain_path():
+    """kernels='triton' (five Triton kernels per layer, for batch 1 on CUDA) gives the plain path's tokens in fp32."""
+    gpt = _tiny(block_size=16)
+    for labels, kwargs in ((torch.tensor([4]), dict(temperature=0.7, top_k=20)),
+                           (torch.tensor([0, 3]), dict(cfg_scale=3.0, top_p=0.9))):
+        plain = sample(gpt, labels, generator=torch.Generator().manual_seed(1), baseline="plain", **kwargs)
+        fast = sample(gpt, labels, generator=torch.Generator().manual_seed(1), compile={"kernels": "triton"}, **kwargs)
+        assert torch.equal(plain, fast), kwargs
+        assert len(set(fast.flatten().tolist())) > 5
+
+
+def test_triton_kernels_option_is_checked():
+    gpt = _tiny(block_size=16)
+    with pytest.raises(ValueError, match="kernels"):
+        FastDecoder(gpt, 2, kernels="cutlass")
+    with pytest.raises(ValueError, match="at most"):
+        FastDecoder(gpt, decode_triton.MAX_ROWS + 1, kernels="triton")
+    assert FastDecoder(gpt, 1, fuse=False).kernels == "torch"  # "auto" on CPU: the PyTorch path
 
 
 def test_official_baseline_compiled_matches_eager():
@@ -211,8 +236,13 @@ def test_balanced_labels():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("compile", [True, {"fuse": False}], ids=["fused", "graphs-only"])
+@pytest.mark.parametrize(
+    "compile", [True, {"fuse": False}, {"kernels": "triton"}], ids=["fused", "graphs-only", "triton-kernels"]
+)
 def test_cuda_graph_paths_match_eager(compile):
+    """fp32 on CUDA: same tokens as the eager path (the Triton kernels: PDL launches inside the captured graphs)."""
+    if compile == {"kernels": "triton"} and not decode_triton.triton_available():
+        pytest.skip("triton is not installed")
     gpt = _tiny().cuda()
     labels = torch.tensor([0, 3, 7, 9], device="cuda")
     kwargs = dict(cfg_scale=2.0, top_k=40, temperature=0.9)

@@ -16,6 +16,11 @@ The arithmetic is the module path's, op for op (the residual add moves into the 
 fused is the only change of op and only with ``fuse_w13``): on CPU in fp32 with ``fuse=False`` the tokens equal the
 plain path's bit for bit (tested). The per-layer caches are separate tensors so every compiled call sees inputs with
 the same layout.
+
+At batch 1 (and a few rows) the step is bound by kernel count rather than bandwidth, and ``kernels="triton"`` replaces
+the layer with five kernels of :mod:`vfmtok.ops.decode_triton` (RMSNorm + ``wqkv`` + RoPE + cache write; attention;
+``wo`` + residual; RMSNorm + SwiGLU; ``w2`` + residual), each streaming its weights once; ``kernels="auto"`` (the
+default) takes them on CUDA when Triton is installed and the rows are at most :data:`TRITON_MAX_ROWS`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops import decode_triton
 from .gpt import GPT, apply_rope, rms_norm
+
+TRITON_MAX_ROWS = 2
+"""Most rows for which ``kernels="auto"`` picks the Triton matrix-vector kernels (measured faster than cuBLAS there:
+docs/results/performance.md)."""
 
 
 def _pre(
@@ -105,6 +115,10 @@ class FastDecoder:
         compile_mode: ``torch.compile`` mode of the fused functions (None: default; e.g.
             ``"max-autotune-no-cudagraphs"`` lets Inductor try Triton matrix-product templates with fused epilogues;
             never a cudagraph mode: the graphs are captured here).
+        kernels: ``"torch"`` (the fused functions above around cuBLAS products), ``"triton"`` (five Triton kernels per
+            layer, :mod:`vfmtok.ops.decode_triton`, for at most ``decode_triton.MAX_ROWS`` rows; ``fuse``,
+            ``fuse_w13``, ``attn_backend`` and ``compile_mode`` then do not apply) or ``"auto"``: ``"triton"`` on CUDA
+            with Triton installed and at most :data:`TRITON_MAX_ROWS` rows, else ``"torch"``.
 
     Usage: ``logits = dec.prefill(labels)``, then ``logits = dec.decode(tokens, t)`` for t = 0 .. n - 2 (token t
     enters at position t + 1). Logits are (rows, V) float32; on the graph path they live in a buffer that the next step
@@ -113,16 +127,27 @@ class FastDecoder:
 
     def __init__(
         self, gpt: GPT, rows: int, *, fuse: bool = True, graphs: bool = True, fuse_w13: bool = True,
-        attn_backend: str | None = None, compile_mode: str | None = None,
+        attn_backend: str | None = None, compile_mode: str | None = None, kernels: str = "auto",
     ) -> None:
         if compile_mode not in (None, "default", "max-autotune-no-cudagraphs"):
             raise ValueError(f"compile_mode {compile_mode!r}: expected None, 'default' or 'max-autotune-no-cudagraphs' "
                              "(no CUDA-graph mode: the decoder captures its own graphs)")
         if attn_backend is not None and attn_backend not in _BACKENDS:
             raise ValueError(f"unknown attn_backend {attn_backend!r}; expected None or one of {sorted(_BACKENDS)}")
+        if kernels not in ("auto", "torch", "triton"):
+            raise ValueError(f"unknown kernels {kernels!r}; expected 'auto', 'torch' or 'triton'")
         self.attn_backend = attn_backend
         c = gpt.config
         weight = gpt.tok_embeddings.weight
+        if kernels == "auto":
+            usable = weight.is_cuda and decode_triton.triton_available()
+            kernels = "triton" if usable and rows <= TRITON_MAX_ROWS else "torch"
+        elif kernels == "triton" and rows > decode_triton.MAX_ROWS:
+            raise ValueError(f"kernels='triton' takes at most {decode_triton.MAX_ROWS} rows (got {rows}); "
+                             "use kernels='torch' for larger batches")
+        self.kernels = kernels
+        triton_path = kernels == "triton"
+        fuse_w13 = fuse_w13 and not triton_path
         self.gpt, self.rows, self.device = gpt, rows, weight.device
         self.graphs = graphs and weight.is_cuda
         self.eps, self.n_head, self.n = c.norm_eps, c.n_head, gpt.num_tokens
@@ -142,7 +167,16 @@ class FastDecoder:
             )
             for layer in gpt.layers
         ]
-        if fuse:
+        if triton_path:  # the kernels' outputs, reused every step
+            dt = weight.dtype
+            self._x = [torch.empty(rows, c.dim, dtype=dt, device=self.device) for _ in range(2)]
+            self._h = torch.empty(rows, c.dim, dtype=dt, device=self.device)
+            self._q = torch.empty(rows, c.n_head, c.head_dim, dtype=dt, device=self.device)
+            self._a = torch.empty_like(self._q)
+            ffn = gpt.layers[0].feed_forward.w1.weight.shape[0]
+            self._g = torch.empty(rows, ffn, dtype=dt, device=self.device)
+            self._logits = torch.empty(rows, c.vocab_size, dtype=torch.float32, device=self.device)
+        elif fuse:
             kw = dict(fullgraph=True, dynamic=False, mode=compile_mode)
             self._pre, self._post, self._head = (torch.compile(f, **kw) for f in (_pre, _post, _head))
         else:
@@ -169,6 +203,8 @@ class FastDecoder:
             return self._layers(h, p)
 
     def _layers(self, h: Tensor, p: int) -> Tensor:
+        if self.kernels == "triton":
+            return self._triton_layers(h, p)
         delta = self.zero
         rope, pos = self.ropes[p], self.pos[p]
         for i, w in enumerate(self.layers):
@@ -176,6 +212,19 @@ class FastDecoder:
             attn = F.scaled_dot_product_attention(q, self.k[i][:, :, : p + 1], self.v[i][:, :, : p + 1])
             h, delta = self._post(x, attn, w.wo, w.ffn_norm, w.w13, w.w1, w.w3, w.w2, self.eps)
         return self._head(h, delta, self.gpt.norm.weight, self.gpt.output.weight, self.eps)
+
+    def _triton_layers(self, h: Tensor, p: int) -> Tensor:
+        """The step as five Triton kernels per layer; h (rows, 1, D) embeddings -> (rows, V) float32 logits."""
+        ops, rows, eps = decode_triton, self.rows, self.eps
+        x = h.reshape(rows, -1)
+        rope = self.ropes[p][0]  # (Dh / 2, 2)
+        for i, w in enumerate(self.layers):
+            ops.norm_qkv_rope(x, w.attn_norm, w.wqkv, rope, self._q, self.k[i], self.v[i], p, eps)
+            ops.decode_attention(self._q, self.k[i], self.v[i], p + 1, self._a)
+            ops.gemv(self._a.view(rows, -1), w.wo, self._h, residual=x)
+            ops.norm_swiglu(self._h, w.ffn_norm, w.w1, w.w3, self._g, eps)
+            x = ops.gemv(self._g, w.w2, self._x[i % 2], residual=self._h)
+        return ops.gemv(x, self.gpt.output.weight, self._logits, norm_weight=self.gpt.norm.weight, eps=eps)
 
     def _capture(self) -> None:
         gpt = self.gpt

@@ -1,0 +1,384 @@
+"""Triton kernels for small-batch GPT decoding: one fused matrix-vector product per sub-layer (CUDA; inference).
+
+At batch 1 a decode step of the LlamaGen GPT streams every weight once, so it is bound by memory bandwidth, and what
+keeps it from the bound is kernel count: around each cuBLAS product sit the RMSNorm, RoPE, cache write, residual add
+and SwiGLU kernels. Here each sub-layer is one kernel that streams its weight matrix once and does that element-wise
+work on the few rows in registers:
+
+- :func:`norm_qkv_rope`: RMSNorm -> ``wqkv`` -> 2-D RoPE on q and k -> q out, k and v written into the KV cache;
+- :func:`decode_attention`: one query position over the filled prefix of the cache (online softmax, no mask);
+- :func:`gemv`: ``res + x @ W^T`` (``wo``, ``w2``) or ``rmsnorm(x) @ W^T`` (the output head);
+- :func:`norm_swiglu`: RMSNorm -> ``silu(x @ w1^T) * (x @ w3^T)``.
+
+A layer is four products and one attention: five kernels. Each program loads its weight rows first, since they do not
+depend on the previous kernel; on Hopper GPUs the kernels are launched as programmatic dependent launches, so those
+loads overlap the previous kernel's end, and only then wait (``gdc_wait``) for the activations.
+
+Products accumulate in float32 and are rounded to the model dtype before the RoPE, residual add or SwiGLU that follows,
+as ``F.linear`` rounds its output (:mod:`vfmtok.generator.gpt`). RMSNorm is folded into the product: the sum of squares
+is taken from the same x blocks, and ``1/rms`` scales the product's float32 result, ``(x * g) @ W^T / rms(x)``, where
+the module path rounds ``x / rms(x)`` and its product with ``g`` to the model dtype first; in float32 the two agree to
+rounding error (tested), in bf16 to about one bf16 rounding step of the normalised input.
+
+Rows are the batch (x2 under classifier-free guidance); the kernels keep all of them in registers, so they serve up
+to :data:`MAX_ROWS` rows; larger batches are compute-shaped and belong to cuBLAS. Needs the ``triton`` package (it
+comes with PyTorch's CUDA wheels) and CUDA tensors; ``TRITON_INTERPRET=1`` set before import runs the kernels on CPU
+tensors in Triton's interpreter (slow; for tests).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the decoder's PyTorch path serves there
+    triton = None
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once, as triton.jit itself does
+
+MAX_ROWS = 8
+"""Most rows the matrix-vector kernels take (they hold every row's partial sums in registers)."""
+
+
+def triton_available() -> bool:
+    """True when the kernels can run here (``triton`` importable)."""
+    return triton is not None
+
+
+def _configs(rows_block: int, pairs: bool, k: int) -> list:
+    """Tile sizes the autotuner tries: (BLOCK_N outputs, BLOCK_K columns, warps).
+
+    BLOCK_K is the whole row (padded to a power of two) or half of it, so a program's first column block, its
+    prefetched weights, is most or all of its weights; the product tile ``rows x BLOCK_N x BLOCK_K`` (two for the pair
+    kernels) stays within 64 float32 registers per thread."""
+    if _INTERPRET:  # the interpreter runs one configuration (autotuning there would only cost time)
+        return [triton.Config({"BLOCK_N": 4, "BLOCK_K": 16}, num_warps=1)]
+    whole = min(triton.next_power_of_2(k), 4096)
+    out = []
+    for warps in (4, 8):
+        for bn in (1, 2, 4, 8, 16):
+            for bk in (whole, whole // 2):
+                if rows_block * bn * bk * (2 if pairs else 1) <= 64 * 32 * warps and k <= 4 * bk:
+                    out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps))
+    return out
+
+
+if triton is not None:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+    @triton.jit
+    def _product_pass(
+        x_ptr, g_ptr, w_ptr, w_first, rows, offs_m, mask_m, mask_n, K: tl.constexpr, NORM: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):
+        """(BLOCK_M, BLOCK_N) float32 ``x @ W[rows]^T`` (x scaled by the norm weight g under NORM) and the rows'
+        (BLOCK_M,) sums of squares of x. ``w_first`` is the already loaded first column block of the weight rows."""
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        ss = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for k0 in tl.static_range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            mask_k = offs_k < K
+            if k0 == 0:
+                w = w_first
+            else:
+                w = tl.load(w_ptr + rows + offs_k[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
+            x = tl.load(x_ptr + offs_m[:, None] * K + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :],
+                        other=0.0).to(tl.float32)
+            if NORM:
+                ss += tl.sum(x * x, axis=1)
+                x = x * tl.load(g_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)[None, :]
+            acc += tl.sum(x[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+        return acc, ss
+
+    @triton.jit
+    def _first_block(w_ptr, rows, mask_n, K: tl.constexpr, BLOCK_K: tl.constexpr):
+        """The first (BLOCK_N, BLOCK_K) column block of the weight rows (``rows`` = row offsets, (BLOCK_N, 1))."""
+        offs_k = tl.arange(0, BLOCK_K)
+        return tl.load(w_ptr + rows + offs_k[None, :], mask=mask_n[:, None] & (offs_k < K)[None, :], other=0.0)
+
+    @triton.jit
+    def _gemv_kernel(
+        x_ptr, g_ptr, w_ptr, res_ptr, out_ptr, M, N, K: tl.constexpr, eps,
+        NORM: tl.constexpr, RESIDUAL: tl.constexpr, PDL: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):
+        """out[m, n] = res[m, n] + (x[m] @ W[n]) or (rmsnorm(x[m]) @ W[n]); one program per BLOCK_N outputs."""
+        if PDL:
+            gdc_launch_dependents()
+        offs_m = tl.arange(0, BLOCK_M)
+        mask_m = offs_m < M
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        rows = offs_n.to(tl.int64)[:, None] * K
+        w_first = _first_block(w_ptr, rows, mask_n, K, BLOCK_K)  # weights do not depend on the previous kernel
+        if PDL:
+            gdc_wait()  # the previous kernel's outputs are visible from here on
+        y, ss = _product_pass(x_ptr, g_ptr, w_ptr, w_first, rows, offs_m, mask_m, mask_n, K, NORM, BLOCK_M, BLOCK_N,
+                              BLOCK_K)
+        if NORM:
+            y = y / tl.sqrt(ss / K + eps)[:, None]
+        y = y.to(w_ptr.dtype.element_ty).to(tl.float32)  # F.linear's output rounding
+        out_offs = offs_m[:, None] * N + offs_n[None, :]
+        mask = mask_m[:, None] & mask_n[None, :]
+        if RESIDUAL:
+            y += tl.load(res_ptr + out_offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(out_ptr + out_offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _swiglu_kernel(
+        x_ptr, g_ptr, w1_ptr, w3_ptr, out_ptr, M, N, K: tl.constexpr, eps,
+        PDL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):
+        """out[m, n] = silu(y[m] @ w1[n]) * (y[m] @ w3[n]) with y = rmsnorm(x); rounded as the module path."""
+        if PDL:
+            gdc_launch_dependents()
+        offs_m = tl.arange(0, BLOCK_M)
+        mask_m = offs_m < M
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < N
+        rows = offs_n.to(tl.int64)[:, None] * K
+        w1_first = _first_block(w1_ptr, rows, mask_n, K, BLOCK_K)
+        w3_first = _first_block(w3_ptr, rows, mask_n, K, BLOCK_K)
+        if PDL:
+            gdc_wait()
+        a, ss = _product_pass(x_ptr, g_ptr, w1_ptr, w1_first, rows, offs_m, mask_m, mask_n, K, True, BLOCK_M,
+                              BLOCK_N, BLOCK_K)
+        b, _ = _product_pass(x_ptr, g_ptr, w3_ptr, w3_first, rows, offs_m, mask_m, mask_n, K, True, BLOCK_M,
+                             BLOCK_N, BLOCK_K)
+        rstd = (1.0 / tl.sqrt(ss / K + eps))[:, None]
+        dtype = w1_ptr.dtype.element_ty
+        a = (a * rstd).to(dtype).to(tl.float32)
+        b = (b * rstd).to(dtype).to(tl.float32)
+        s = (a / (1.0 + tl.exp(-a))).to(dtype).to(tl.float32)  # F.silu, rounded
+        out_offs = offs_m[:, None] * N + offs_n[None, :]
+        tl.store(out_ptr + out_offs, (s * b).to(out_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+    @triton.jit(do_not_specialize=["pos"])  # one compilation for every position
+    def _qkv_rope_kernel(
+        x_ptr, g_ptr, w_ptr, rope_ptr, q_ptr, k_ptr, v_ptr, M, D: tl.constexpr, eps, pos, stride_cm, stride_ch,
+        HEAD_DIM: tl.constexpr, PDL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):
+        """qkv = rmsnorm(x) @ wqkv^T for BLOCK_N interleaved pairs of outputs; RoPE on the q and k pairs; q stored
+        at ``q[m, c]``, k and v at ``cache[m, head, pos, d]`` (cache strides (stride_cm, stride_ch, HEAD_DIM, 1))."""
+        if PDL:
+            gdc_launch_dependents()
+        offs_m = tl.arange(0, BLOCK_M)
+        mask_m = offs_m < M
+        pairs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # pair j = output columns 2j, 2j + 1
+        mask_n = pairs < (3 * D) // 2
+        rows = (2 * pairs).to(tl.int64)[:, None] * D
+        w0_first = _first_block(w_ptr, rows, mask_n, D, BLOCK_K)
+        w1_first = _first_block(w_ptr + D, rows, mask_n, D, BLOCK_K)
+        if PDL:
+            gdc_wait()
+        a0, ss = _product_pass(x_ptr, g_ptr, w_ptr, w0_first, rows, offs_m, mask_m, mask_n, D, True, BLOCK_M,
+                               BLOCK_N, BLOCK_K)
+        a1, _ = _product_pass(x_ptr, g_ptr, w_ptr + D, w1_first, rows, offs_m, mask_m, mask_n, D, True, BLOCK_M,
+                              BLOCK_N, BLOCK_K)
+        rstd = (1.0 / tl.sqrt(ss / D + eps))[:, None]
+        dtype = w_ptr.dtype.element_ty
+        a0 = (a0 * rstd).to(dtype).to(tl.float32)  # (BLOCK_M, BLOCK_N), rounded as F.linear's output
+        a1 = (a1 * rstd).to(dtype).to(tl.float32)
+        col = 2 * pairs  # even column of the pair in [0, 3D)
+        part = col // D  # 0 = q, 1 = k, 2 = v
+        c = col % D  # = head * HEAD_DIM + d
+        i = (c % HEAD_DIM) // 2
+        cos = tl.load(rope_ptr + 2 * i, mask=mask_n, other=1.0).to(tl.float32)[None, :]
+        sin = tl.load(rope_ptr + 2 * i + 1, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        rot = (part < 2)[None, :]
+        r0 = tl.where(rot, a0 * cos - a1 * sin, a0).to(dtype)
+        r1 = tl.where(rot, a1 * cos + a0 * sin, a1).to(dtype)
+        mask = mask_m[:, None] & mask_n[None, :]
+        q_offs = offs_m[:, None] * D + c[None, :]
+        tl.store(q_ptr + q_offs, r0, mask=mask & (part == 0)[None, :])
+        tl.store(q_ptr + q_offs + 1, r1, mask=mask & (part == 0)[None, :])
+        head = c // HEAD_DIM
+        cache_offs = (offs_m.to(tl.int64)[:, None] * stride_cm + head[None, :] * stride_ch + pos * HEAD_DIM
+                      + (c % HEAD_DIM)[None, :])
+        tl.store(k_ptr + cache_offs, r0, mask=mask & (part == 1)[None, :])
+        tl.store(k_ptr + cache_offs + 1, r1, mask=mask & (part == 1)[None, :])
+        tl.store(v_ptr + cache_offs, r0, mask=mask & (part == 2)[None, :])
+        tl.store(v_ptr + cache_offs + 1, r1, mask=mask & (part == 2)[None, :])
+
+    @triton.jit(do_not_specialize=["length"])
+    def _attention_kernel(
+        q_ptr, k_ptr, v_ptr, out_ptr, length, scale, H, stride_cm, stride_ch,
+        S_MAX: tl.constexpr, HEAD_DIM: tl.constexpr, PDL: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_L: tl.constexpr,
+    ):
+        """One program per (row, head): softmax(q k^T * scale) v over the cache positions [0, length).
+
+        The loop runs to the cache length S_MAX and skips the blocks past ``length``: a loop bound known at compile
+        time (Triton's interpreter cannot take a run-time bound under NumPy >= 2.3) costs a compare per empty block."""
+        if PDL:
+            gdc_launch_dependents()
+            gdc_wait()
+        pid = tl.program_id(0)
+        m = pid // H
+        h = pid % H
+        offs_d = tl.arange(0, BLOCK_D)
+        mask_d = offs_d < HEAD_DIM
+        q = tl.load(q_ptr + pid * HEAD_DIM + offs_d, mask=mask_d, other=0.0).to(tl.float32) * scale
+        base = m.to(tl.int64) * stride_cm + h * stride_ch
+        m_i = tl.full([1], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([1], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for s0 in tl.static_range(0, S_MAX, BLOCK_L):
+            if s0 < length:
+                offs_s = s0 + tl.arange(0, BLOCK_L)
+                mask_s = offs_s < length
+                offs = base + offs_s[:, None] * HEAD_DIM + offs_d[None, :]
+                kv_mask = mask_s[:, None] & mask_d[None, :]
+                k = tl.load(k_ptr + offs, mask=kv_mask, other=0.0).to(tl.float32)
+                v = tl.load(v_ptr + offs, mask=kv_mask, other=0.0).to(tl.float32)
+                s = tl.where(mask_s, tl.sum(k * q[None, :], axis=1), float("-inf"))  # (BLOCK_L,)
+                m_new = tl.maximum(m_i, tl.max(s, axis=0))
+                alpha = tl.exp(m_i - m_new)
+                p = tl.exp(s - m_new)
+                l_i = l_i * alpha + tl.sum(p, axis=0)
+                acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+                m_i = m_new
+        out = acc / l_i
+        tl.store(out_ptr + pid * HEAD_DIM + offs_d, out.to(out_ptr.dtype.element_ty), mask=mask_d)
+
+    _KEY = ["M", "N", "K"]
+    _gemv_kernels = {}
+    _swiglu_kernels = {}
+    _qkv_kernels = {}
+
+    def _tuned(cache: dict, fn, rows_block: int, pairs: bool, k: int, key: list[str]):
+        """The autotuned kernel of ``fn`` for ``rows_block`` rows and k columns (the configs depend on them)."""
+        if (rows_block, k) not in cache:
+            cache[rows_block, k] = triton.autotune(configs=_configs(rows_block, pairs, k), key=key)(fn)
+        return cache[rows_block, k]
+
+
+def _check(*tensors: Tensor) -> None:
+    if triton is None:
+        raise ImportError("the decode kernels need the `triton` package (it comes with PyTorch's CUDA wheels); "
+                          "use FastDecoder(kernels='torch') without it")
+    for t in tensors:
+        if not t.is_cuda and not _INTERPRET:
+            raise ValueError(f"the decode kernels run on CUDA tensors (got {t.device}); set TRITON_INTERPRET=1 before "
+                             "importing vfmtok.ops.decode_triton to run them on CPU in Triton's interpreter")
+        if not t.is_contiguous():
+            raise ValueError(f"the decode kernels take contiguous tensors (got strides {t.stride()})")
+
+
+def _rows_block(m: int) -> int:
+    if not 1 <= m <= MAX_ROWS:
+        raise ValueError(f"the decode kernels take 1..{MAX_ROWS} rows (got {m}); larger batches use cuBLAS")
+    return triton.next_power_of_2(m)
+
+
+_PDL_DEVICES: dict[int, bool] = {}
+
+
+def _launch(t: Tensor) -> dict:
+    """Launch options: programmatic dependent launch on Hopper and newer GPUs (each kernel loads its weights while the
+    previous kernel finishes, then waits for that kernel's outputs with ``gdc_wait``); none elsewhere."""
+    if not t.is_cuda:
+        return {"PDL": False}
+    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    if index not in _PDL_DEVICES:
+        _PDL_DEVICES[index] = torch.cuda.get_device_capability(index)[0] >= 9
+    return {"PDL": True, "launch_pdl": True} if _PDL_DEVICES[index] else {"PDL": False}
+
+
+def gemv(x: Tensor, weight: Tensor, out: Tensor, *, residual: Tensor | None = None, norm_weight: Tensor | None = None,
+         eps: float = 1e-5) -> Tensor:
+    """``out = residual + x @ weight^T`` or ``out = rmsnorm(x) * norm_weight @ weight^T``.
+
+    Args:
+        x: (M, K) rows (M <= MAX_ROWS) in the weight's dtype.
+        weight: (N, K).
+        out: (M, N), written (any float dtype: the output head writes float32 logits of the rounded product).
+        residual: (M, N) added after the product's rounding (``wo``, ``w2``); not with ``norm_weight``.
+        norm_weight: (K,) RMSNorm weight applied to x first (the output head); eps its epsilon.
+
+    Returns:
+        ``out``.
+    """
+    if residual is not None and norm_weight is not None:
+        raise ValueError("gemv takes a residual or a norm weight, not both")
+    _check(x, weight, out, *(t for t in (residual, norm_weight) if t is not None))
+    m, k = x.shape
+    n = weight.shape[0]
+    bm = _rows_block(m)
+    kernel = _tuned(_gemv_kernels, _gemv_kernel, bm, False, k, _KEY)
+    kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
+        x, norm_weight if norm_weight is not None else x, weight, residual if residual is not None else x, out,
+        m, n, k, eps, NORM=norm_weight is not None, RESIDUAL=residual is not None, BLOCK_M=bm, **_launch(x),
+    )
+    return out
+
+
+def norm_swiglu(x: Tensor, norm_weight: Tensor, w1: Tensor, w3: Tensor, out: Tensor, eps: float = 1e-5) -> Tensor:
+    """``out = silu(y @ w1^T) * (y @ w3^T)`` with ``y = rmsnorm(x) * norm_weight``.
+
+    Args:
+        x: (M, K); norm_weight: (K,); w1, w3: (N, K); out: (M, N) in the weights' dtype.
+    """
+    _check(x, norm_weight, w1, w3, out)
+    m, k = x.shape
+    n = w1.shape[0]
+    bm = _rows_block(m)
+    kernel = _tuned(_swiglu_kernels, _swiglu_kernel, bm, True, k, _KEY)
+    kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
+        x, norm_weight, w1, w3, out, m, n, k, eps, BLOCK_M=bm, **_launch(x))
+    return out
+
+
+def norm_qkv_rope(
+    x: Tensor, norm_weight: Tensor, wqkv: Tensor, rope: Tensor, q_out: Tensor, k_cache: Tensor, v_cache: Tensor,
+    pos: int, eps: float = 1e-5,
+) -> Tensor:
+    """RMSNorm, ``wqkv``, RoPE on q and k, K/V written into the cache at ``pos``.
+
+    Args:
+        x: (M, D) layer input; norm_weight: (D,); wqkv: (3D, D) rows ordered q, k, v (head-major within each).
+        rope: (Dh / 2, 2) cos/sin of position ``pos`` (any float dtype; used in float32).
+        q_out: (M, H, Dh) written with the rotated query.
+        k_cache, v_cache: (M, H, S_max, Dh), written at ``[:, :, pos]``.
+
+    Returns:
+        ``q_out``.
+    """
+    _check(x, norm_weight, wqkv, rope, q_out, k_cache, v_cache)
+    m, d = x.shape
+    _, n_head, s_max, head_dim = k_cache.shape
+    if not 0 <= pos < s_max:
+        raise ValueError(f"position {pos} outside the cache (length {s_max})")
+    bm = _rows_block(m)
+    kernel = _tuned(_qkv_kernels, _qkv_rope_kernel, bm, True, d, ["M", "D"])
+    kernel[lambda meta: (triton.cdiv(3 * d // 2, meta["BLOCK_N"]),)](
+        x, norm_weight, wqkv, rope, q_out, k_cache, v_cache, m, d, eps, pos, k_cache.stride(0), k_cache.stride(1),
+        HEAD_DIM=head_dim, BLOCK_M=bm, **_launch(x),
+    )
+    return q_out
+
+
+def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, length: int, out: Tensor) -> Tensor:
+    """Attention of one query position over cache positions ``[0, length)``: (M, H, Dh) -> ``out`` (M, H, Dh).
+
+    Same function as ``F.scaled_dot_product_attention(q, k[:, :, :length], v[:, :, :length])`` (scale 1/sqrt(Dh),
+    no mask), accumulated in float32.
+    """
+    _check(q, k_cache, v_cache, out)
+    m, n_head, s_max, head_dim = k_cache.shape
+    if not 1 <= length <= s_max:
+        raise ValueError(f"attention length {length} outside the cache (length {s_max})")
+    block_d = triton.next_power_of_2(head_dim)
+    block_l = min(triton.next_power_of_2(s_max), max(16384 // block_d, 16))  # one or two blocks at GPT shapes
+    _attention_kernel[(m * n_head,)](
+        q, k_cache, v_cache, out, length, head_dim ** -0.5, n_head, k_cache.stride(0), k_cache.stride(1),
+        S_MAX=s_max, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=4 if _INTERPRET else 8,
+        **_launch(q),
+    )
+    return out
