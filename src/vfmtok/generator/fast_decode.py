@@ -9,8 +9,9 @@ too. :class:`FastDecoder` removes both:
   ``_post`` (``wo``, residual, RMSNorm, SwiGLU with ``w1``/``w3`` as one matrix product), compiled once with
   ``torch.compile`` and shared by all layers (the weights are arguments); attention between them runs over the filled
   prefix only, ``cache[:, :, :t + 1]``, with no mask;
-- on CUDA, one CUDA graph per position is captured (the prefix length is fixed inside each graph), all sharing one memory
-  pool and writing the logits into one static buffer, so a step is one ``replay()`` and the host never waits.
+- on CUDA, one CUDA graph per position (the class position included) is captured (the prefix length is fixed inside
+  each graph), all sharing one memory pool and writing the logits into one static buffer, so a step is one
+  ``replay()`` and the host never waits.
 
 The arithmetic is the module path's, op for op (the residual add moves into the next layer's ``_pre``; ``w1``/``w3``
 fused is the only change of op and only with ``fuse_w13``): on CPU in fp32 with ``fuse=False`` the tokens equal the
@@ -229,24 +230,34 @@ class FastDecoder:
     def _capture(self) -> None:
         gpt = self.gpt
         self.codes_in = torch.zeros(self.rows, 1, dtype=torch.long, device=self.device)
+        self.prefill_in = torch.zeros(self.rows, 1, gpt.config.dim, dtype=gpt.tok_embeddings.weight.dtype,
+                                      device=self.device)  # the class embeddings of position 0
         self.logits_out = torch.empty(self.rows, gpt.config.vocab_size, dtype=torch.float32, device=self.device)
+
+        def step(p: int) -> Tensor:
+            return self._forward(self.prefill_in if p == 0 else gpt.tok_embeddings(self.codes_in), p)
+
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):  # warm up outside capture: compilation, autotuning, cuBLAS/attention init
-            for p in (1, self.n - 1):
-                self._forward(gpt.tok_embeddings(self.codes_in), p)
+            for p in (0, 1, self.n - 1):
+                step(p)
         torch.cuda.current_stream(self.device).wait_stream(side)
         pool = torch.cuda.graph_pool_handle()
-        for p in range(1, self.n):
+        for p in range(self.n):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.logits_out.copy_(self._forward(gpt.tok_embeddings(self.codes_in), p))
+                self.logits_out.copy_(step(p))
             self._graphs[p] = graph
 
     @torch.no_grad()
     def prefill(self, labels: Tensor) -> Tensor:
         """Class position (rows,) int64 labels -> (rows, V) logits for the first image token."""
-        return self._forward(self.gpt.cls_embedding(labels), 0)
+        if not self.graphs:
+            return self._forward(self.gpt.cls_embedding(labels), 0)
+        self.prefill_in.copy_(self.gpt.cls_embedding(labels))
+        self._graphs[0].replay()
+        return self.logits_out
 
     @torch.no_grad()
     def decode(self, tokens: Tensor, step: int) -> Tensor:

@@ -50,21 +50,41 @@ def triton_available() -> bool:
     return triton is not None
 
 
-def _configs(rows_block: int, pairs: bool, k: int) -> list:
-    """Tile sizes the autotuner tries: (BLOCK_N outputs, BLOCK_K columns, warps).
+USE_PDL = True
+"""Launch the kernels as programmatic dependent launches on Hopper and newer GPUs (a switch for measurements)."""
 
-    BLOCK_K is the whole row (padded to a power of two) or half of it, so a program's first column block, its
-    prefetched weights, is most or all of its weights; the product tile ``rows x BLOCK_N x BLOCK_K`` (two for the pair
-    kernels) stays within 64 float32 registers per thread."""
+CONFIG_FILTER = None
+"""Optional ``f(kind, k, candidates) -> candidates`` narrowing the tiles the autotuner tries (``kind``: ``"gemv"``,
+``"swiglu"`` or ``"qkv"``; ``k``: the columns); for tile-policy measurements (bench/decode_tiles.py). Call
+:func:`clear_kernel_cache` after changing it."""
+
+
+def _configs(rows_block: int, kind: str, k: int) -> list:
+    """Tile candidates: (BLOCK_N outputs, BLOCK_K columns, warps).
+
+    A program holds all its weights in registers (loaded before it waits for the previous kernel), in at most four
+    column blocks of BLOCK_K, within 64 registers per thread; the float32 product of one block is reduced at once."""
     if _INTERPRET:  # the interpreter runs one configuration (autotuning there would only cost time)
         return [triton.Config({"BLOCK_N": 4, "BLOCK_K": 16}, num_warps=1)]
-    whole = min(triton.next_power_of_2(k), 4096)
+    pairs = kind != "gemv"
     out = []
+    whole = triton.next_power_of_2(k)  # one block (small widths: the only candidate)
     for warps in (4, 8):
         for bn in (1, 2, 4, 8, 16):
-            for bk in (whole, whole // 2):
-                if rows_block * bn * bk * (2 if pairs else 1) <= 64 * 32 * warps and k <= 4 * bk:
-                    out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps))
+            for bk in sorted({b for b in (256, 512, 1024, 2048) if b < whole} | {min(whole, 2048)}):
+                padded = -(-k // bk) * bk
+                if k <= 4 * bk and padded - k < max(bk // 2, 1) or bk == whole:
+                    if bn * padded * (2 if pairs else 1) > 128 * 32 * warps:
+                        continue
+                    if rows_block * bn * bk <= 64 * 32 * warps:
+                        out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps))
+    if not out:
+        raise ValueError(f"no tile of the decode kernels fits rows={rows_block}, K={k} (at most 4 column blocks of up "
+                         "to 2048 and 64 registers per thread); use FastDecoder(kernels='torch')")
+    if CONFIG_FILTER is not None:
+        out = list(CONFIG_FILTER(kind, k, out))
+        if not out:
+            raise ValueError(f"CONFIG_FILTER left no tile for the {kind} kernel at K={k}")
     return out
 
 
@@ -72,34 +92,95 @@ if triton is not None:
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
     @triton.jit
-    def _product_pass(
-        x_ptr, g_ptr, w_ptr, w_first, rows, offs_m, mask_m, mask_n, K: tl.constexpr, NORM: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    ):
-        """(BLOCK_M, BLOCK_N) float32 ``x @ W[rows]^T`` (x scaled by the norm weight g under NORM) and the rows'
-        (BLOCK_M,) sums of squares of x. ``w_first`` is the already loaded first column block of the weight rows."""
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        ss = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for k0 in tl.static_range(0, K, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            mask_k = offs_k < K
-            if k0 == 0:
-                w = w_first
-            else:
-                w = tl.load(w_ptr + rows + offs_k[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0)
-            x = tl.load(x_ptr + offs_m[:, None] * K + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :],
-                        other=0.0).to(tl.float32)
-            if NORM:
-                ss += tl.sum(x * x, axis=1)
-                x = x * tl.load(g_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)[None, :]
-            acc += tl.sum(x[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
-        return acc, ss
+    def _load_w(w_ptr, rows, mask_n, k0: tl.constexpr, K: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Column block [k0, k0 + BLOCK_K) of the weight rows (``rows``: (BLOCK_N, 1) row offsets)."""
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        return tl.load(w_ptr + rows + offs_k[None, :], mask=mask_n[:, None] & (offs_k < K)[None, :], other=0.0)
 
     @triton.jit
-    def _first_block(w_ptr, rows, mask_n, K: tl.constexpr, BLOCK_K: tl.constexpr):
-        """The first (BLOCK_N, BLOCK_K) column block of the weight rows (``rows`` = row offsets, (BLOCK_N, 1))."""
-        offs_k = tl.arange(0, BLOCK_K)
-        return tl.load(w_ptr + rows + offs_k[None, :], mask=mask_n[:, None] & (offs_k < K)[None, :], other=0.0)
+    def _load_g(g_ptr, k0: tl.constexpr, K: tl.constexpr, BLOCK_K: tl.constexpr):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        return tl.load(g_ptr + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _load_x(x_ptr, offs_m, mask_m, k0: tl.constexpr, K: tl.constexpr, BLOCK_K: tl.constexpr):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        return tl.load(x_ptr + offs_m[:, None] * K + offs_k[None, :], mask=mask_m[:, None] & (offs_k < K)[None, :],
+                       other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _dot(x, w):
+        """(BLOCK_M, BLOCK_K) float32 x (BLOCK_N, BLOCK_K) weights -> (BLOCK_M, BLOCK_N) float32."""
+        return tl.sum(x[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+
+    @triton.jit
+    def _prefetched_product(
+        x_ptr, g_ptr, wa_ptr, wb_ptr, rows, offs_m, mask_m, mask_n, K: tl.constexpr, NORM: tl.constexpr,
+        PAIR: tl.constexpr, PDL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ):
+        """``x @ Wa[rows]^T`` (and ``x @ Wb[rows]^T`` under PAIR), x scaled by the norm weight g under NORM, with the
+        rows' sums of squares of x: ((BLOCK_M, BLOCK_N), (BLOCK_M, BLOCK_N), (BLOCK_M,)) float32.
+
+        Every weight block (K <= 4 BLOCK_K) and the norm weight are loaded first; then, under PDL, the program waits
+        for the previous kernel (``gdc_wait``) before it reads x."""
+        a0 = _load_w(wa_ptr, rows, mask_n, 0, K, BLOCK_K)
+        if PAIR:
+            b0 = _load_w(wb_ptr, rows, mask_n, 0, K, BLOCK_K)
+        if K > BLOCK_K:
+            a1 = _load_w(wa_ptr, rows, mask_n, BLOCK_K, K, BLOCK_K)
+            if PAIR:
+                b1 = _load_w(wb_ptr, rows, mask_n, BLOCK_K, K, BLOCK_K)
+        if K > 2 * BLOCK_K:
+            a2 = _load_w(wa_ptr, rows, mask_n, 2 * BLOCK_K, K, BLOCK_K)
+            if PAIR:
+                b2 = _load_w(wb_ptr, rows, mask_n, 2 * BLOCK_K, K, BLOCK_K)
+        if K > 3 * BLOCK_K:
+            a3 = _load_w(wa_ptr, rows, mask_n, 3 * BLOCK_K, K, BLOCK_K)
+            if PAIR:
+                b3 = _load_w(wb_ptr, rows, mask_n, 3 * BLOCK_K, K, BLOCK_K)
+        if NORM:
+            g0 = _load_g(g_ptr, 0, K, BLOCK_K)
+            if K > BLOCK_K:
+                g1 = _load_g(g_ptr, BLOCK_K, K, BLOCK_K)
+            if K > 2 * BLOCK_K:
+                g2 = _load_g(g_ptr, 2 * BLOCK_K, K, BLOCK_K)
+            if K > 3 * BLOCK_K:
+                g3 = _load_g(g_ptr, 3 * BLOCK_K, K, BLOCK_K)
+        if PDL:
+            gdc_wait()  # the previous kernel's outputs are visible from here on
+        x = _load_x(x_ptr, offs_m, mask_m, 0, K, BLOCK_K)
+        ss = tl.sum(x * x, axis=1)
+        if NORM:
+            x = x * g0[None, :]
+        acc_a = _dot(x, a0)
+        acc_b = acc_a
+        if PAIR:
+            acc_b = _dot(x, b0)
+        if K > BLOCK_K:
+            x = _load_x(x_ptr, offs_m, mask_m, BLOCK_K, K, BLOCK_K)
+            ss += tl.sum(x * x, axis=1)
+            if NORM:
+                x = x * g1[None, :]
+            acc_a += _dot(x, a1)
+            if PAIR:
+                acc_b += _dot(x, b1)
+        if K > 2 * BLOCK_K:
+            x = _load_x(x_ptr, offs_m, mask_m, 2 * BLOCK_K, K, BLOCK_K)
+            ss += tl.sum(x * x, axis=1)
+            if NORM:
+                x = x * g2[None, :]
+            acc_a += _dot(x, a2)
+            if PAIR:
+                acc_b += _dot(x, b2)
+        if K > 3 * BLOCK_K:
+            x = _load_x(x_ptr, offs_m, mask_m, 3 * BLOCK_K, K, BLOCK_K)
+            ss += tl.sum(x * x, axis=1)
+            if NORM:
+                x = x * g3[None, :]
+            acc_a += _dot(x, a3)
+            if PAIR:
+                acc_b += _dot(x, b3)
+        return acc_a, acc_b, ss
 
     @triton.jit
     def _gemv_kernel(
@@ -115,11 +196,8 @@ if triton is not None:
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
         rows = offs_n.to(tl.int64)[:, None] * K
-        w_first = _first_block(w_ptr, rows, mask_n, K, BLOCK_K)  # weights do not depend on the previous kernel
-        if PDL:
-            gdc_wait()  # the previous kernel's outputs are visible from here on
-        y, ss = _product_pass(x_ptr, g_ptr, w_ptr, w_first, rows, offs_m, mask_m, mask_n, K, NORM, BLOCK_M, BLOCK_N,
-                              BLOCK_K)
+        y, _, ss = _prefetched_product(x_ptr, g_ptr, w_ptr, w_ptr, rows, offs_m, mask_m, mask_n, K, NORM, False, PDL,
+                                       BLOCK_M, BLOCK_N, BLOCK_K)
         if NORM:
             y = y / tl.sqrt(ss / K + eps)[:, None]
         y = y.to(w_ptr.dtype.element_ty).to(tl.float32)  # F.linear's output rounding
@@ -142,14 +220,8 @@ if triton is not None:
         offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
         rows = offs_n.to(tl.int64)[:, None] * K
-        w1_first = _first_block(w1_ptr, rows, mask_n, K, BLOCK_K)
-        w3_first = _first_block(w3_ptr, rows, mask_n, K, BLOCK_K)
-        if PDL:
-            gdc_wait()
-        a, ss = _product_pass(x_ptr, g_ptr, w1_ptr, w1_first, rows, offs_m, mask_m, mask_n, K, True, BLOCK_M,
-                              BLOCK_N, BLOCK_K)
-        b, _ = _product_pass(x_ptr, g_ptr, w3_ptr, w3_first, rows, offs_m, mask_m, mask_n, K, True, BLOCK_M,
-                             BLOCK_N, BLOCK_K)
+        a, b, ss = _prefetched_product(x_ptr, g_ptr, w1_ptr, w3_ptr, rows, offs_m, mask_m, mask_n, K, True, True, PDL,
+                                       BLOCK_M, BLOCK_N, BLOCK_K)
         rstd = (1.0 / tl.sqrt(ss / K + eps))[:, None]
         dtype = w1_ptr.dtype.element_ty
         a = (a * rstd).to(dtype).to(tl.float32)
@@ -173,14 +245,8 @@ if triton is not None:
         pairs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # pair j = output columns 2j, 2j + 1
         mask_n = pairs < (3 * D) // 2
         rows = (2 * pairs).to(tl.int64)[:, None] * D
-        w0_first = _first_block(w_ptr, rows, mask_n, D, BLOCK_K)
-        w1_first = _first_block(w_ptr + D, rows, mask_n, D, BLOCK_K)
-        if PDL:
-            gdc_wait()
-        a0, ss = _product_pass(x_ptr, g_ptr, w_ptr, w0_first, rows, offs_m, mask_m, mask_n, D, True, BLOCK_M,
-                               BLOCK_N, BLOCK_K)
-        a1, _ = _product_pass(x_ptr, g_ptr, w_ptr + D, w1_first, rows, offs_m, mask_m, mask_n, D, True, BLOCK_M,
-                              BLOCK_N, BLOCK_K)
+        a0, a1, ss = _prefetched_product(x_ptr, g_ptr, w_ptr, w_ptr + D, rows, offs_m, mask_m, mask_n, D, True, True,
+                                         PDL, BLOCK_M, BLOCK_N, BLOCK_K)
         rstd = (1.0 / tl.sqrt(ss / D + eps))[:, None]
         dtype = w_ptr.dtype.element_ty
         a0 = (a0 * rstd).to(dtype).to(tl.float32)  # (BLOCK_M, BLOCK_N), rounded as F.linear's output
@@ -214,18 +280,28 @@ if triton is not None:
     ):
         """One program per (row, head): softmax(q k^T * scale) v over the cache positions [0, length).
 
-        The loop runs to the cache length S_MAX and skips the blocks past ``length``: a loop bound known at compile
-        time (Triton's interpreter cannot take a run-time bound under NumPy >= 2.3) costs a compare per empty block."""
+        The keys and values of the earlier positions (written by earlier steps) of the first block are loaded before
+        the wait for the previous kernel, which writes position ``length - 1``. The loop runs to the cache length
+        S_MAX and skips the blocks past ``length``: a loop bound known at compile time (Triton's interpreter cannot
+        take a run-time bound under NumPy >= 2.3) costs a compare per empty block."""
         if PDL:
             gdc_launch_dependents()
-            gdc_wait()
         pid = tl.program_id(0)
         m = pid // H
         h = pid % H
         offs_d = tl.arange(0, BLOCK_D)
         mask_d = offs_d < HEAD_DIM
-        q = tl.load(q_ptr + pid * HEAD_DIM + offs_d, mask=mask_d, other=0.0).to(tl.float32) * scale
         base = m.to(tl.int64) * stride_cm + h * stride_ch
+        last = length - 1
+        offs_0 = tl.arange(0, BLOCK_L)
+        earlier = ((offs_0 < last)[:, None] & mask_d[None, :])
+        k_0 = tl.load(k_ptr + base + offs_0[:, None] * HEAD_DIM + offs_d[None, :], mask=earlier, other=0.0)
+        v_0 = tl.load(v_ptr + base + offs_0[:, None] * HEAD_DIM + offs_d[None, :], mask=earlier, other=0.0)
+        if PDL:
+            gdc_wait()
+        q = tl.load(q_ptr + pid * HEAD_DIM + offs_d, mask=mask_d, other=0.0).to(tl.float32) * scale
+        k_last = tl.load(k_ptr + base + last * HEAD_DIM + offs_d, mask=mask_d, other=0.0)
+        v_last = tl.load(v_ptr + base + last * HEAD_DIM + offs_d, mask=mask_d, other=0.0)
         m_i = tl.full([1], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([1], dtype=tl.float32)
         acc = tl.zeros([BLOCK_D], dtype=tl.float32)
@@ -233,10 +309,15 @@ if triton is not None:
             if s0 < length:
                 offs_s = s0 + tl.arange(0, BLOCK_L)
                 mask_s = offs_s < length
-                offs = base + offs_s[:, None] * HEAD_DIM + offs_d[None, :]
-                kv_mask = mask_s[:, None] & mask_d[None, :]
-                k = tl.load(k_ptr + offs, mask=kv_mask, other=0.0).to(tl.float32)
-                v = tl.load(v_ptr + offs, mask=kv_mask, other=0.0).to(tl.float32)
+                is_last = (offs_s == last)[:, None]
+                if s0 == 0:
+                    k = tl.where(is_last, k_last[None, :], k_0).to(tl.float32)
+                    v = tl.where(is_last, v_last[None, :], v_0).to(tl.float32)
+                else:
+                    offs = base + offs_s[:, None] * HEAD_DIM + offs_d[None, :]
+                    kv_mask = mask_s[:, None] & mask_d[None, :]
+                    k = tl.load(k_ptr + offs, mask=kv_mask, other=0.0).to(tl.float32)
+                    v = tl.load(v_ptr + offs, mask=kv_mask, other=0.0).to(tl.float32)
                 s = tl.where(mask_s, tl.sum(k * q[None, :], axis=1), float("-inf"))  # (BLOCK_L,)
                 m_new = tl.maximum(m_i, tl.max(s, axis=0))
                 alpha = tl.exp(m_i - m_new)
@@ -252,11 +333,18 @@ if triton is not None:
     _swiglu_kernels = {}
     _qkv_kernels = {}
 
-    def _tuned(cache: dict, fn, rows_block: int, pairs: bool, k: int, key: list[str]):
+    def _tuned(cache: dict, fn, rows_block: int, kind: str, k: int, key: list[str]):
         """The autotuned kernel of ``fn`` for ``rows_block`` rows and k columns (the configs depend on them)."""
         if (rows_block, k) not in cache:
-            cache[rows_block, k] = triton.autotune(configs=_configs(rows_block, pairs, k), key=key)(fn)
+            cache[rows_block, k] = triton.autotune(configs=_configs(rows_block, kind, k), key=key)(fn)
         return cache[rows_block, k]
+
+
+def clear_kernel_cache() -> None:
+    """Forget the tuned kernels (the next call re-tunes them, e.g. after setting :data:`CONFIG_FILTER`)."""
+    if triton is not None:
+        for cache in (_gemv_kernels, _swiglu_kernels, _qkv_kernels):
+            cache.clear()
 
 
 def _check(*tensors: Tensor) -> None:
@@ -283,7 +371,7 @@ _PDL_DEVICES: dict[int, bool] = {}
 def _launch(t: Tensor) -> dict:
     """Launch options: programmatic dependent launch on Hopper and newer GPUs (each kernel loads its weights while the
     previous kernel finishes, then waits for that kernel's outputs with ``gdc_wait``); none elsewhere."""
-    if not t.is_cuda:
+    if not t.is_cuda or not USE_PDL:
         return {"PDL": False}
     index = t.device.index if t.device.index is not None else torch.cuda.current_device()
     if index not in _PDL_DEVICES:
@@ -311,7 +399,7 @@ def gemv(x: Tensor, weight: Tensor, out: Tensor, *, residual: Tensor | None = No
     m, k = x.shape
     n = weight.shape[0]
     bm = _rows_block(m)
-    kernel = _tuned(_gemv_kernels, _gemv_kernel, bm, False, k, _KEY)
+    kernel = _tuned(_gemv_kernels, _gemv_kernel, bm, "gemv", k, _KEY)
     kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
         x, norm_weight if norm_weight is not None else x, weight, residual if residual is not None else x, out,
         m, n, k, eps, NORM=norm_weight is not None, RESIDUAL=residual is not None, BLOCK_M=bm, **_launch(x),
@@ -329,7 +417,7 @@ def norm_swiglu(x: Tensor, norm_weight: Tensor, w1: Tensor, w3: Tensor, out: Ten
     m, k = x.shape
     n = w1.shape[0]
     bm = _rows_block(m)
-    kernel = _tuned(_swiglu_kernels, _swiglu_kernel, bm, True, k, _KEY)
+    kernel = _tuned(_swiglu_kernels, _swiglu_kernel, bm, "swiglu", k, _KEY)
     kernel[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)](
         x, norm_weight, w1, w3, out, m, n, k, eps, BLOCK_M=bm, **_launch(x))
     return out
@@ -356,7 +444,7 @@ def norm_qkv_rope(
     if not 0 <= pos < s_max:
         raise ValueError(f"position {pos} outside the cache (length {s_max})")
     bm = _rows_block(m)
-    kernel = _tuned(_qkv_kernels, _qkv_rope_kernel, bm, True, d, ["M", "D"])
+    kernel = _tuned(_qkv_kernels, _qkv_rope_kernel, bm, "qkv", d, ["M", "D"])
     kernel[lambda meta: (triton.cdiv(3 * d // 2, meta["BLOCK_N"]),)](
         x, norm_weight, wqkv, rope, q_out, k_cache, v_cache, m, d, eps, pos, k_cache.stride(0), k_cache.stride(1),
         HEAD_DIM=head_dim, BLOCK_M=bm, **_launch(x),
@@ -375,7 +463,8 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, length: int, o
     if not 1 <= length <= s_max:
         raise ValueError(f"attention length {length} outside the cache (length {s_max})")
     block_d = triton.next_power_of_2(head_dim)
-    block_l = min(triton.next_power_of_2(s_max), max(16384 // block_d, 16))  # one or two blocks at GPT shapes
+    # one or two blocks at GPT shapes; several in the interpreter, so that the tests cover the loop
+    block_l = 4 if _INTERPRET else min(triton.next_power_of_2(s_max), max(16384 // block_d, 16))
     _attention_kernel[(m * n_head,)](
         q, k_cache, v_cache, out, length, head_dim ** -0.5, n_head, k_cache.stride(0), k_cache.stride(1),
         S_MAX=s_max, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=4 if _INTERPRET else 8,
