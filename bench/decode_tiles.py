@@ -2,10 +2,10 @@
 
 Triton's autotuner times each kernel alone, but in the step the kernels overlap (programmatic dependent launch: a
 kernel loads its weights while the previous one finishes), so the tiles that are fastest alone need not be fastest in
-the step. This script narrows the autotuner's candidates (:data:`vfmtok.ops.decode_triton.CONFIG_FILTER`) by policy,
-re-tunes, and times whole generations of the GPT-XXL shape at batch 1 (and ``--batches``) with
+the step. This script swaps the autotuner's candidate filter (:data:`vfmtok.ops.decode_triton.CONFIG_FILTER`) by
+policy, re-tunes, and times whole generations of the GPT-XXL shape at batch 1 (and ``--batches``) with
 ``sample(..., compile={"kernels": "triton"})``, as bench/sample.py does; ``no-pdl`` switches programmatic dependent
-launch off. One JSON object per (policy, batch) is appended to ``--out``.
+launch off, ``attention-warps4`` runs the attention kernel with 4 warps instead of 8. One JSON object per (policy, batch) is appended to ``--out``.
 
     python bench/decode_tiles.py --out tiles.jsonl
 """
@@ -21,16 +21,31 @@ from sample import DTYPES, build, copy_bandwidth, limit, run_case  # bench/sampl
 from vfmtok.generator.sampling import clear_decoder_cache
 from vfmtok.ops import decode_triton
 
-POLICIES = {
-    "autotune": None,  # every candidate; the default
-    "no-pdl": None,  # every candidate, plain launches
-    "exact-blocks": lambda kind, k, c: [x for x in c if k % x.kwargs["BLOCK_K"] == 0] or c,  # no padded columns
-    "one-block": lambda kind, k, c: [x for x in c if x.kwargs["BLOCK_K"] >= k] or c,  # whole rows, padded
-    "n1": lambda kind, k, c: [x for x in c if x.kwargs["BLOCK_N"] == 1] or c,
-    "n2": lambda kind, k, c: [x for x in c if x.kwargs["BLOCK_N"] == 2] or c,
-    "n4": lambda kind, k, c: [x for x in c if x.kwargs["BLOCK_N"] == 4] or c,
-    "warps4": lambda kind, k, c: [x for x in c if x.num_warps == 4] or c,
-    "warps8": lambda kind, k, c: [x for x in c if x.num_warps == 8] or c,
+def _only(**want):
+    def narrow(kind, k, candidates):
+        keep = [c for c in candidates
+                if all((c.num_warps if name == "warps" else c.kwargs[name]) in values for name, values in want.items())]
+        return keep or candidates
+
+    return narrow
+
+
+def _all(kind, k, candidates):
+    return candidates
+
+
+POLICIES = {  # name -> (CONFIG_FILTER, programmatic dependent launch, attention warps)
+    "default": (decode_triton.in_step_filter, True, 8),  # 4 or 8 outputs per program
+    "all": (_all, True, 8),  # every candidate, as the autotuner alone would pick
+    "no-pdl": (decode_triton.in_step_filter, False, 8),
+    "exact-blocks": (lambda kind, k, c: [x for x in c if k % x.kwargs["BLOCK_K"] == 0] or c, True, 8),
+    "n1": (_only(BLOCK_N={1}), True, 8),
+    "n2": (_only(BLOCK_N={2}), True, 8),
+    "n4": (_only(BLOCK_N={4}), True, 8),
+    "n8": (_only(BLOCK_N={8}), True, 8),
+    "n4-warps4": (_only(BLOCK_N={4}, warps={4}), True, 8),
+    "n4-warps8": (_only(BLOCK_N={4}, warps={8}), True, 8),
+    "attention-warps4": (decode_triton.in_step_filter, True, 4),
 }
 
 
@@ -49,8 +64,7 @@ def main() -> None:
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device), "copy_bandwidth_Bps": bandwidth}
     print(json.dumps(env), flush=True)
     for policy in args.policies:
-        decode_triton.CONFIG_FILTER = POLICIES[policy]
-        decode_triton.USE_PDL = policy != "no-pdl"
+        decode_triton.CONFIG_FILTER, decode_triton.USE_PDL, decode_triton.ATTENTION_WARPS = POLICIES[policy]
         for batch in args.batches:
             decode_triton.clear_kernel_cache()
             clear_decoder_cache(gpt)
@@ -67,7 +81,7 @@ def main() -> None:
             print(json.dumps({k: v for k, v in row.items() if k not in env and k != "tuned"}), flush=True)
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
-    decode_triton.CONFIG_FILTER, decode_triton.USE_PDL = None, True
+    decode_triton.CONFIG_FILTER, decode_triton.USE_PDL, decode_triton.ATTENTION_WARPS = POLICIES["default"]
 
 
 if __name__ == "__main__":

@@ -233,6 +233,8 @@ class FastDecoder:
         self.prefill_in = torch.zeros(self.rows, 1, gpt.config.dim, dtype=gpt.tok_embeddings.weight.dtype,
                                       device=self.device)  # the class embeddings of position 0
         self.logits_out = torch.empty(self.rows, gpt.config.vocab_size, dtype=torch.float32, device=self.device)
+        if self.kernels == "triton":
+            self._logits = self.logits_out  # the head kernel writes the graphs' output buffer (no copy)
 
         def step(p: int) -> Tensor:
             return self._forward(self.prefill_in if p == 0 else gpt.tok_embeddings(self.codes_in), p)

@@ -124,7 +124,10 @@ def sample_logits(
     """
     if temperature <= 0:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits.float() / max(temperature, 1e-5), top_k, top_p)
+    logits = logits.float()
+    if temperature != 1.0:  # dividing by 1 changes no bit: skipped (one kernel less per decode step)
+        logits = logits / max(temperature, 1e-5)
+    logits = filter_logits(logits, top_k, top_p)
     probs = logits.softmax(dim=-1)
     race = torch.empty_like(probs).exponential_(1.0, generator=generator)
     # argmax(p / E) with E ~ Exp(1) is an exact categorical draw; the floor keeps filtered (p = 0) rows finite.

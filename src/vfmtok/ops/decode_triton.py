@@ -53,9 +53,23 @@ def triton_available() -> bool:
 USE_PDL = True
 """Launch the kernels as programmatic dependent launches on Hopper and newer GPUs (a switch for measurements)."""
 
-CONFIG_FILTER = None
-"""Optional ``f(kind, k, candidates) -> candidates`` narrowing the tiles the autotuner tries (``kind``: ``"gemv"``,
-``"swiglu"`` or ``"qkv"``; ``k``: the columns); for tile-policy measurements (bench/decode_tiles.py). Call
+ATTENTION_WARPS = 8
+"""Warps per program of the attention kernel (a switch for measurements)."""
+
+
+def in_step_filter(kind: str, k: int, candidates: list) -> list:
+    """The default narrowing of the tile candidates: 4 or 8 outputs per program.
+
+    Timed alone, Triton's autotuner prefers 1-2 outputs per program; in the decode step, where each kernel loads its
+    weights while the previous one finishes, 4 per program was faster at batch 1 (GPT-XXL: 1.585 vs 1.626 ms per
+    step with every candidate, 1.808 with one output per program; bench/decode_tiles.py, docs/results/performance.md).
+    """
+    return [c for c in candidates if c.kwargs["BLOCK_N"] in (4, 8)] or candidates
+
+
+CONFIG_FILTER = in_step_filter
+"""``f(kind, k, candidates) -> candidates`` narrowing the tiles the autotuner tries (``kind``: ``"gemv"``,
+``"swiglu"`` or ``"qkv"``; ``k``: the columns); bench/decode_tiles.py swaps it to compare tile policies. Call
 :func:`clear_kernel_cache` after changing it."""
 
 
@@ -467,7 +481,7 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, length: int, o
     block_l = 4 if _INTERPRET else min(triton.next_power_of_2(s_max), max(16384 // block_d, 16))
     _attention_kernel[(m * n_head,)](
         q, k_cache, v_cache, out, length, head_dim ** -0.5, n_head, k_cache.stride(0), k_cache.stride(1),
-        S_MAX=s_max, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=4 if _INTERPRET else 8,
+        S_MAX=s_max, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=4 if _INTERPRET else ATTENTION_WARPS,
         **_launch(q),
     )
     return out
