@@ -35,7 +35,8 @@ def _all(kind, k, candidates):
 
 
 POLICIES = {  # name -> (CONFIG_FILTER, programmatic dependent launch, attention warps)
-    "default": (decode_triton.in_step_filter, True, 8),  # 4 or 8 outputs per program
+    "default": (decode_triton.in_step_filter, True, 8),  # 4 outputs per program, 4 warps
+    "n4-or-n8": (_only(BLOCK_N={4, 8}), True, 8),
     "all": (_all, True, 8),  # every candidate, as the autotuner alone would pick
     "no-pdl": (decode_triton.in_step_filter, False, 8),
     "exact-blocks": (lambda kind, k, c: [x for x in c if k % x.kwargs["BLOCK_K"] == 0] or c, True, 8),

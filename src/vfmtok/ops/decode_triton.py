@@ -58,13 +58,14 @@ ATTENTION_WARPS = 8
 
 
 def in_step_filter(kind: str, k: int, candidates: list) -> list:
-    """The default narrowing of the tile candidates: 4 or 8 outputs per program.
+    """The default narrowing of the tile candidates: 4 outputs per program, 4 warps (the autotuner picks BLOCK_K).
 
-    Timed alone, Triton's autotuner prefers 1-2 outputs per program; in the decode step, where each kernel loads its
-    weights while the previous one finishes, 4 per program was faster at batch 1 (GPT-XXL: 1.585 vs 1.626 ms per
-    step with every candidate, 1.808 with one output per program; bench/decode_tiles.py, docs/results/performance.md).
+    Timed alone, Triton's autotuner prefers 1-2 outputs per program and often 8 warps; in the decode step, where each
+    kernel loads its weights while the previous one finishes, 4 outputs and 4 warps were fastest at batch 1 (GPT-XXL,
+    H100: 1.510 ms per step against 1.561-1.633 for the other policies; bench/decode_tiles.py,
+    docs/results/performance.md).
     """
-    return [c for c in candidates if c.kwargs["BLOCK_N"] in (4, 8)] or candidates
+    return [c for c in candidates if c.kwargs["BLOCK_N"] == 4 and c.num_warps == 4] or candidates
 
 
 CONFIG_FILTER = in_step_filter
