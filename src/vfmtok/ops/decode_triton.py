@@ -58,14 +58,20 @@ ATTENTION_WARPS = 8
 
 
 def in_step_filter(kind: str, k: int, candidates: list) -> list:
-    """The default narrowing of the tile candidates: 4 outputs per program, 4 warps (the autotuner picks BLOCK_K).
+    """The default narrowing of the tile candidates: 4 outputs per program, with 4 warps where a program of 4 warps
+    can take the largest column block (whole rows up to 2048 columns), else any warps; the autotuner picks among what
+    is left.
 
     Timed alone, Triton's autotuner prefers 1-2 outputs per program and often 8 warps; in the decode step, where each
-    kernel loads its weights while the previous one finishes, 4 outputs and 4 warps were fastest at batch 1 (GPT-XXL,
-    H100: 1.510 ms per step against 1.561-1.633 for the other policies; bench/decode_tiles.py,
+    kernel loads its weights while the previous one finishes, 4 outputs, 4 warps and whole rows were fastest at batch
+    1 (GPT-XXL, H100: 1.510 ms per step against 1.561-1.633 for the other policies; bench/decode_tiles.py,
     docs/results/performance.md).
     """
-    return [c for c in candidates if c.kwargs["BLOCK_N"] == 4 and c.num_warps == 4] or candidates
+    four = [c for c in candidates if c.kwargs["BLOCK_N"] == 4]
+    whole_rows = [c for c in four if c.num_warps == 4 and c.kwargs["BLOCK_K"] >= min(k, 2048)]
+    if whole_rows:
+        return [c for c in four if c.num_warps == 4]
+    return four or candidates
 
 
 CONFIG_FILTER = in_step_filter
