@@ -16,10 +16,11 @@ import argparse
 import json
 
 import torch
-
 from sample import DTYPES, build, copy_bandwidth, limit, run_case  # bench/sample.py (this script's directory)
+
 from vfmtok.generator.sampling import clear_decoder_cache
 from vfmtok.ops import decode_triton
+
 
 def _only(**want):
     def narrow(kind, k, candidates):

@@ -21,7 +21,8 @@ the same layout.
 At batch 1 (and a few rows) the step is bound by kernel count rather than bandwidth, and ``kernels="triton"`` replaces
 the layer with five kernels of :mod:`vfmtok.ops.decode_triton` (RMSNorm + ``wqkv`` + RoPE + cache write; attention;
 ``wo`` + residual; RMSNorm + SwiGLU; ``w2`` + residual), each streaming its weights once; ``kernels="auto"`` (the
-default) takes them on CUDA when Triton is installed and the rows are at most :data:`TRITON_MAX_ROWS`.
+default) takes them on CUDA GPUs of compute capability 8.0 or newer when Triton is installed and the rows are at most
+:data:`TRITON_MAX_ROWS`.
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ class FastDecoder:
         kernels: ``"torch"`` (the fused functions above around cuBLAS products), ``"triton"`` (five Triton kernels per
             layer, :mod:`vfmtok.ops.decode_triton`, for at most ``decode_triton.MAX_ROWS`` rows; ``fuse``,
             ``fuse_w13``, ``attn_backend`` and ``compile_mode`` then do not apply) or ``"auto"``: ``"triton"`` on CUDA
-            with Triton installed and at most :data:`TRITON_MAX_ROWS` rows, else ``"torch"``.
+            (compute capability >= 8.0) with Triton installed and at most :data:`TRITON_MAX_ROWS` rows, else
+            ``"torch"``.
 
     Usage: ``logits = dec.prefill(labels)``, then ``logits = dec.decode(tokens, t)`` for t = 0 .. n - 2 (token t
     enters at position t + 1). Logits are (rows, V) float32; on the graph path they live in a buffer that the next step
@@ -140,8 +142,9 @@ class FastDecoder:
         self.attn_backend = attn_backend
         c = gpt.config
         weight = gpt.tok_embeddings.weight
-        if kernels == "auto":
-            usable = weight.is_cuda and decode_triton.triton_available()
+        if kernels == "auto":  # measured on Hopper; bf16 Triton code needs Ampere or newer
+            usable = (weight.is_cuda and decode_triton.triton_available()
+                      and torch.cuda.get_device_capability(weight.device) >= (8, 0))
             kernels = "triton" if usable and rows <= TRITON_MAX_ROWS else "torch"
         elif kernels == "triton" and rows > decode_triton.MAX_ROWS:
             raise ValueError(f"kernels='triton' takes at most {decode_triton.MAX_ROWS} rows (got {rows}); "
@@ -178,7 +181,7 @@ class FastDecoder:
             self._g = torch.empty(rows, ffn, dtype=dt, device=self.device)
             self._logits = torch.empty(rows, c.vocab_size, dtype=torch.float32, device=self.device)
         elif fuse:
-            kw = dict(fullgraph=True, dynamic=False, mode=compile_mode)
+            kw = {"fullgraph": True, "dynamic": False, "mode": compile_mode}
             self._pre, self._post, self._head = (torch.compile(f, **kw) for f in (_pre, _post, _head))
         else:
             self._pre, self._post, self._head = _pre, _post, _head

@@ -461,7 +461,7 @@ def norm_qkv_rope(
     """
     _check(x, norm_weight, wqkv, rope, q_out, k_cache, v_cache)
     m, d = x.shape
-    _, n_head, s_max, head_dim = k_cache.shape
+    s_max, head_dim = k_cache.shape[2:]
     if not 0 <= pos < s_max:
         raise ValueError(f"position {pos} outside the cache (length {s_max})")
     bm = _rows_block(m)

@@ -79,6 +79,19 @@ def triton_available() -> bool:
     return triton is not None
 
 
+_SHAPE_TENSORS: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
+def _shape_tensors(shapes: tuple[tuple[int, int], ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """(L, 2) int32 level sizes (H, W) and (L,) int32 level starts on ``device``, made once per shapes and device (no
+    host-to-device copy per call, so the kernel can also be captured in a CUDA graph)."""
+    key = (shapes, str(device))
+    if key not in _SHAPE_TENSORS:
+        _SHAPE_TENSORS[key] = (torch.tensor(shapes, dtype=torch.int32, device=device),
+                               torch.tensor(level_start_index(shapes), dtype=torch.int32, device=device))
+    return _SHAPE_TENSORS[key]
+
+
 def ms_deform_attn_triton(
     value: Tensor, spatial_shapes: SpatialShapes, sampling_locations: Tensor, attention_weights: Tensor
 ) -> Tensor:
@@ -109,8 +122,7 @@ def ms_deform_attn_triton(
     value = value.contiguous()
     loc = sampling_locations.to(torch.float32).contiguous()
     weights = attention_weights.to(torch.float32).contiguous()
-    shape_t = torch.tensor(shapes, dtype=torch.int32, device=dev)  # (L, 2) = (H, W)
-    start_t = torch.tensor(level_start_index(shapes), dtype=torch.int32, device=dev)
+    shape_t, start_t = _shape_tensors(tuple(shapes), dev)
     out = torch.empty(b, lq, m, dh, dtype=value.dtype, device=dev)
     _ms_deform_attn_fwd[(b * lq,)](
         value, shape_t, start_t, loc, weights, out, s, lq,
