@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from vfmtok.training.optim import build_optimizer, param_groups
+from vfmtok.training.optim import build_optimizer, decay_names, param_groups
 
 
 class _Net(nn.Module):
@@ -51,3 +51,26 @@ def test_build_optimizer_variants():
         build_optimizer(net, "sgd")
     with pytest.raises(ValueError, match="no trainable"):
         build_optimizer(nn.Linear(2, 2).requires_grad_(False))
+
+
+def test_decay_decided_on_the_bare_model_holds_through_wrappers():
+    """Names decided on the bare model place the parameters of a wrapped / compiled model (FSDP flattens shapes, so
+    the trainers decide first and match by name; the prefixes of the wrappers are stripped)."""
+    net = _Net()
+    names = decay_names(net)
+    assert names == {"emb.weight", "lin.weight"}
+
+    class _Wrapper(nn.Module):  # the prefixes DDP / FSDP / torch.compile add: module., _fsdp_wrapped_module., _orig_mod.
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.module = nn.Module()
+            self.module._fsdp_wrapped_module = nn.Module()
+            self.module._fsdp_wrapped_module._orig_mod = inner
+
+    wrapped = _Wrapper(net)
+    assert {n for n, _ in wrapped.named_parameters()} >= {"module._fsdp_wrapped_module._orig_mod.lin.weight"}
+    decay, no_decay = param_groups(wrapped, 0.1, names)
+    assert _ids(decay["params"]) == _ids([net.emb.weight, net.lin.weight])
+    assert _ids(no_decay["params"]) == _ids([net.lin.bias, net.norm.weight, net.norm.bias, net.pos])
+    (only,) = param_groups(nn.LayerNorm(3), 0.1)  # no matrices: one group, no empty one
+    assert only["weight_decay"] == 0.0

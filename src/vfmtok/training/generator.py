@@ -35,9 +35,10 @@ from ..config import ConfigBase, ConfigError
 from ..data.tokens import CodeDataset
 from ..generator import GPT, GPTConfig, gpt_preset
 from .checkpoint import check_resume_config, latest_checkpoint, load_checkpoint, save_checkpoint
-from .distributed import (DistInfo, all_reduce_sum, barrier, clean_param_name, fsdp_full_state, full_state_dict,
+from .distributed import (DistInfo, all_reduce_sum, barrier, fsdp_full_state, full_state_dict,
                           init_distributed, is_fsdp, load_optimizer_state, optimizer_state, wrap_model)
 from .ema import EMA, _unwrap
+from .optim import build_optimizer, decay_names
 from .sampler import ResumableSampler
 from .schedule import lr_at, set_lr
 from .tracker import Tracker, truncate_metrics
@@ -139,20 +140,6 @@ def _batches(sampler: ResumableSampler, steps_per_epoch: int, per_rank: int, ste
 
 
 # ---------------------------------------------------------------------------------------------------- state helpers
-def _build_adamw(model: nn.Module, decay_names: set[str], lr: float, betas: tuple[float, float],
-                 weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with decay on the parameters named in ``decay_names`` (those with >= 2 dims, decided on the bare model
-    because FSDP flattens shapes; the rule of :func:`vfmtok.training.optim.param_groups`). Fused on CUDA, as
-    LlamaGen."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if clean_param_name(name) in decay_names else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = all(p.is_cuda for p in decay + no_decay)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=True if fused else None)
-
-
 def _model_state(model: nn.Module) -> dict[str, Tensor]:
     """Full state dict (collective under FSDP), detached copies."""
     return {k: v.detach().clone() for k, v in full_state_dict(model).items()}
@@ -209,10 +196,11 @@ class _Trainer:
             torch.backends.cudnn.allow_tf32 = True
         torch.manual_seed(cfg.seed)  # weight init: identical on every rank
         net = GPT(self.gpt_config)
-        decay_names = {n for n, p in net.named_parameters() if p.dim() >= 2}  # before FSDP flattens the shapes
+        decay = decay_names(net)  # on the bare model, before FSDP flattens the shapes
         self.model = wrap_model(net.to(info.device), info, cfg.strategy)
         self.fwd = torch.compile(self.model) if cfg.compile else self.model
-        self.optimizer = _build_adamw(self.model, decay_names, cfg.lr, cfg.betas, cfg.weight_decay)
+        self.optimizer = build_optimizer(self.model, "adamw", lr=cfg.lr, betas=cfg.betas,
+                                         weight_decay=cfg.weight_decay, decay=decay)
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema else None
         self.tracker = Tracker(run_dir, enabled=False)  # replaced once the resume point is known
         self.tokenizer = None

@@ -25,10 +25,11 @@ from ..losses.lpips import load_lpips
 from ..tokenizer.model import VFMTokenizer
 from . import tokenizer_setup as setup
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .distributed import (DistInfo, all_reduce_sum, barrier, clean_param_name, fsdp_full_state, full_state_dict,
+from .distributed import (DistInfo, all_reduce_sum, barrier, fsdp_full_state, full_state_dict,
                           is_fsdp, load_optimizer_state, optimizer_state, wrap_model)
 from .ema import EMA, _unwrap
 from .feature_cache import build_feature_cache
+from .optim import build_optimizer, decay_names
 from .sampler import ResumableSampler
 from .tokenizer import TokenizerTrainConfig, TrainParts, _autocast
 
@@ -126,23 +127,6 @@ def load_model_state(model: nn.Module, state: dict[str, Tensor], where: str) -> 
         raise ModelLoadError(f"{where}: missing keys {missing[:10]}, unexpected keys {list(unexpected)[:10]}")
 
 
-def _optimizer(model: nn.Module, decay_names: set[str], cfg: TokenizerTrainConfig) -> torch.optim.Optimizer:
-    """Adam / AdamW over the trainable parameters; with weight decay, only tensors of >= 2 dims decay (the rule of
-    :mod:`vfmtok.training.optim`, decided on the bare model because FSDP flattens shapes)."""
-    decay, rest = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if clean_param_name(name) in decay_names else rest).append(p)
-    groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0})
-              if g["params"]]
-    fused = True if all(p.is_cuda for g in groups for p in g["params"]) else None
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    if cls is torch.optim.Adam and cfg.weight_decay:
-        raise ConfigError("optimizer 'adam' with weight_decay > 0 would add coupled L2; use optimizer='adamw'")
-    return cls(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused)
-
-
-
 class Trainer:
     """Every part of a tokenizer run, built identically on every rank (see
     :func:`vfmtok.training.tokenizer.train_tokenizer`)."""
@@ -183,9 +167,12 @@ class Trainer:
         self.steps_per_epoch = self.sampler.per_rank // self.per_rank
         if self.steps_per_epoch == 0:
             raise ConfigError(f"{len(self.splits.train)} training images are fewer than one batch ({cfg.batch_size})")
-        decay_names = {n for n, p in self.tokenizer.named_parameters() if p.requires_grad and p.dim() >= 2}
+        decay = decay_names(self.tokenizer)  # on the bare model, before FSDP flattens the shapes
         self.model = wrap_model(self.tokenizer, info, cfg.strategy)
-        self.optimizer = _optimizer(self.model, decay_names, cfg)
+        if cfg.optimizer == "adam" and cfg.weight_decay:
+            raise ConfigError("optimizer 'adam' with weight_decay > 0 would add coupled L2; use optimizer='adamw'")
+        self.optimizer = build_optimizer(self.model, cfg.optimizer, lr=cfg.lr, betas=cfg.betas,
+                                         weight_decay=cfg.weight_decay, decay=decay)
         self.ema = EMA(self.model, cfg.ema_decay)
         lpips = load_lpips("vgg").to(dev) if cfg.lpips_weight > 0 else None
         disc, disc_opt = None, None
