@@ -39,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", default="fp32", choices=sorted(_DTYPES), help="GPT weight dtype (tokenizer: fp32)")
     parser.add_argument("--compile", action="store_true",
-                        help="fast decoding: fused layers under torch.compile, one CUDA graph per position on GPU "
-                             "(same tokens as the default path up to rounding; compiles once per batch shape)")
+                        help="fast decoding: fused layers under torch.compile, one CUDA graph per position on GPU; "
+                             "at 1-2 rows on a CUDA GPU, five Triton kernels per layer instead (same tokens as the "
+                             "default path up to rounding; compiles once per batch shape)")
     parser.add_argument("--classes", type=int, nargs="+", help="class labels to sample (default: all classes)")
     parser.add_argument("--image-size", type=int, default=256, help="output size (0: the tokenizer's resolution)")
     parser.add_argument("--no-png", action="store_true", help="skip the per-sample PNGs (grid and .npz only)")
