@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 
 import numpy as np
 import pytest
@@ -110,6 +111,18 @@ def test_eval_tokenizer_on_tiny_tokenizer(tmp_path):
     assert "rFD_dinov2-test-56" in out.with_suffix(".md").read_text()
     assert main(["eval-tokenizer", "--tokenizer", str(tmp_path / "missing"), "--data", str(tmp_path / "data"),
                  "--out", str(out)]) == 2
+    # the fast bf16 settings (fast_codec): same report, close reconstructions; the rFD features stay float32
+    out16 = tmp_path / "eval16" / "report.json"
+    assert main(["eval-tokenizer", "--tokenizer", str(tmp_path / "tok"), "--data", str(tmp_path / "data"),
+                 "--vfm", "tokenizer", "--no-lpips", "--eval-size", "0", "--batch-size", "4", "--out", str(out16),
+                 "--precision", "bf16", "--probe-train", str(tmp_path / "data"),
+                 "--probe-test", str(tmp_path / "data")]) == 0
+    report16 = json.loads(out16.read_text())
+    m16 = report16["metrics"]
+    assert report["tokenizer"]["precision"] == "fp32" and report16["tokenizer"]["precision"] == "bf16"
+    assert m16["num_images"] == 6 and abs(m16["psnr"] - m["psnr"]) < 0.5
+    assert set(report16["linear_probe"]) == {"tokens", "slots"}
+    assert math.isfinite(m16["distribution"]["dinov2-test-56"]["reconstruction"])
 
 
 def test_cli_choices_match_library():

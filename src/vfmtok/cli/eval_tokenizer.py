@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import platform
@@ -39,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probe-train", default=None, help="labelled ImageFolder for a linear probe (train rows)")
     parser.add_argument("--probe-test", default=None, help="labelled ImageFolder for the probe's test rows")
     parser.add_argument("--probe-num", type=int, default=None, help="at most N images from each probe folder, evenly spaced (class-balanced)")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="tokenizer arithmetic: fp32 (default, the official protocol) or bf16 (the fast "
+                             "settings of vfmtok.tokenizer.inference.fast_codec: bf16, compiled, Triton deformable "
+                             "sampling on CUDA; codes can differ where two are nearly equidistant); recorded in the "
+                             "report")
     parser.add_argument("--out", required=True, help="report.json (a report.md is written next to it)")
 
 
@@ -54,7 +60,9 @@ def _build_extractors(args: argparse.Namespace, tok: Any) -> list:
     if args.vfm == "bundled":
         extractors.append(build_extractor("dinov2-bundled", device=args.device, vfm_size=args.vfm_size))
     elif args.vfm == "tokenizer":
-        extractors.append(VFMExtractor(tok.backbone, name=_vfm_name(tok.config)))
+        # --precision bf16 turns the tokenizer's backbone weights to bf16: the rFD features keep a float32 copy
+        backbone = copy.deepcopy(tok.backbone) if args.precision == "bf16" else tok.backbone
+        extractors.append(VFMExtractor(backbone, name=_vfm_name(tok.config)))
     for kind in dict.fromkeys(args.extractor):
         extractors.append(build_extractor(kind, device=args.device))
     if args.fid_weights:
@@ -85,10 +93,13 @@ def _probe(args: argparse.Namespace, tok: Any) -> dict[str, Any]:
         ds = open_eval_dataset(path, tok.config.image_size)
         feats: dict[str, list[torch.Tensor]] = {"tokens": [], "slots": []}
         labels = []
+        device_type = torch.device(args.device).type
         for b in iter_eval_batches(ds, args.batch_size, args.probe_num, args.workers):
-            f = tokenizer_probe_features(tok, b.x.to(args.device))
-            feats["tokens"].append(f.tokens.cpu())
-            feats["slots"].append(f.slots.cpu())
+            # under --precision bf16 the backbone weights are bf16: the probe runs under the same autocast
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                f = tokenizer_probe_features(tok, b.x.to(args.device))
+            feats["tokens"].append(f.tokens.float().cpu())
+            feats["slots"].append(f.slots.float().cpu())
             labels.append(b.label)
         y = torch.cat(labels)
         if int(y.min()) < 0:
@@ -130,13 +141,20 @@ def run(args: argparse.Namespace) -> int:
     settings = TokenizerEvalSettings(eval_size=args.eval_size or None)
     counter = SkipCounter()
     batches = iter_eval_batches(dataset, args.batch_size, args.num, args.workers, counter)
-    metrics = evaluate_tokenizer(tok, batches, extractors, lpips=lpips, settings=settings)
+    encode = decode = None
+    if args.precision == "bf16":
+        from ..tokenizer.inference import fast_codec
+
+        encode, decode = fast_codec(tok)
+    metrics = evaluate_tokenizer(tok, batches, extractors, lpips=lpips, settings=settings, encode=encode,
+                                 decode=decode)
     if lpips_note:
         metrics["lpips_note"] = lpips_note
     eval_size = settings.eval_size or size
     report: dict[str, Any] = {
         "tokenizer": {"path": str(args.tokenizer), "preset": tok.config.preset, "image_size": size,
-                      "num_tokens": tok.config.num_tokens, "codebook_size": tok.config.codebook_size},
+                      "num_tokens": tok.config.num_tokens, "codebook_size": tok.config.codebook_size,
+                      "precision": args.precision},
         "data": {"path": str(args.data), "images": metrics["num_images"], "skipped_unreadable": counter.skipped},
         "metrics": metrics,
         "protocol": {

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .codebook import CodebookUsage
 from .features import FeatureCollector, FeatureExtractor
@@ -100,6 +100,8 @@ def evaluate_tokenizer(
     extractors: Sequence[FeatureExtractor] = (),
     lpips: nn.Module | Mapping[str, nn.Module] | None = None,
     settings: TokenizerEvalSettings = TokenizerEvalSettings(),
+    encode: Callable[[Tensor], Tensor] | None = None,
+    decode: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Any]:
     """Run the evaluation described in the module docstring; returns a JSON-able dict of metrics.
 
@@ -110,7 +112,12 @@ def evaluate_tokenizer(
         lpips: an LPIPS network taking two (B, 3, H, W) [-1, 1] tensors (reported as ``lpips_<its .net>``, default
             ``lpips_vgg``), a mapping ``{net name: network}`` (one ``lpips_<name>`` each), or None to skip LPIPS.
             ``lpips_vgg`` is always in the report (None when not measured).
+        encode, decode: replacements of ``tokenizer.encode`` ((B, 3, H, W) in [-1, 1] -> (B, L) int64) and
+            ``tokenizer.decode`` ((B, L) -> (B, 3, H, W) float), e.g. the bf16 settings of
+            :func:`vfmtok.tokenizer.inference.fast_encode`; None: the tokenizer's own (float32, the official protocol).
     """
+    encode = tokenizer.encode if encode is None else encode
+    decode = tokenizer.decode if decode is None else decode
     device = next(tokenizer.parameters()).device
     usage = CodebookUsage(tokenizer.config.codebook_size)
     dists = [_Distribution(e, settings.ladder) for e in extractors]
@@ -124,9 +131,9 @@ def evaluate_tokenizer(
     sums.update({f"lpips_{name}": 0.0 for name in lpips_nets})
     n = infinite = 0
     for batch in batches:
-        codes = tokenizer.encode(batch.x.to(device))  # (B, L) int64
+        codes = encode(batch.x.to(device))  # (B, L) int64
         usage.update(codes)
-        recon_u8 = _official_uint8(tokenizer.decode(codes))  # (B, S, S, 3)
+        recon_u8 = _official_uint8(decode(codes).float())  # (B, S, S, 3)
         real_u8 = batch.u8
         if settings.eval_size is not None:
             real_u8 = resize_uint8(real_u8, settings.eval_size, settings.resample)

@@ -82,17 +82,21 @@ def prepare_inference(
     return tok
 
 
-def fast_encode(tok: VFMTokenizer, *, compile: bool | None = None) -> Callable[[Tensor], Tensor]:
-    """Set ``tok`` up with the fastest encode settings measured and return its ``encode`` under bf16 autocast.
+def fast_codec(
+    tok: VFMTokenizer, *, compile: bool | None = None
+) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    """Set ``tok`` up with the fastest settings measured and return its ``(encode, decode)`` under bf16 autocast.
 
     On CUDA that is ``bench/tokenizer.py``'s ``bf16-fast-triton`` (docs/results/performance.md): bf16 backbone
     weights, ``torch.compile``, the region encoder's attentions in bf16 (``attention_fp32=False``) and the deformable
     sampling as the Triton kernel (the gather form when ``triton`` is missing); elsewhere the same without the
     kernel and, unless ``compile=True``, without compilation. The codes can differ from the float32 path's where two
-    codes are nearly equidistant (rounding); use the plain ``tok.encode`` for the official float32 protocol.
+    codes are nearly equidistant (rounding); use the plain ``tok.encode`` / ``tok.decode`` for the official float32
+    protocol.
 
     Returns:
-        ``encode(images)``: (B, 3, H, W) float in [-1, 1] -> (B, L) int64 codes, without grad.
+        ``encode(images)``: (B, 3, H, W) float in [-1, 1] -> (B, L) int64 codes, and ``decode(codes)``: (B, L) int64
+        -> (B, 3, H, W) float32 images (unclamped, about [-1, 1]); both without grad.
     """
     from ..ops.ms_deform_attn_triton import triton_available
 
@@ -106,4 +110,13 @@ def fast_encode(tok: VFMTokenizer, *, compile: bool | None = None) -> Callable[[
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
             return tok.encode(images)
 
-    return encode
+    def decode(codes: Tensor) -> Tensor:
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+            return tok.decode(codes).float()
+
+    return encode, decode
+
+
+def fast_encode(tok: VFMTokenizer, *, compile: bool | None = None) -> Callable[[Tensor], Tensor]:
+    """The ``encode`` of :func:`fast_codec` (same settings): (B, 3, H, W) in [-1, 1] -> (B, L) int64 codes."""
+    return fast_codec(tok, compile=compile)[0]
