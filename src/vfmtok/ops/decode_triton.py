@@ -113,26 +113,42 @@ if triton is not None:
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
     @triton.jit
-    def _load_w(w_ptr, rows, mask_n, k0: tl.constexpr, K: tl.constexpr, BLOCK_K: tl.constexpr):
-        """Column block [k0, k0 + BLOCK_K) of the weight rows (``rows``: (BLOCK_N, 1) row offsets)."""
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        return tl.load(w_ptr + rows + offs_k[None, :], mask=mask_n[:, None] & (offs_k < K)[None, :], other=0.0)
+    def _program_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """This program's rows (all M, padded to BLOCK_M) and its BLOCK_N outputs, with their masks."""
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        return offs_m, offs_m < M, offs_n, offs_n < N
 
     @triton.jit
-    def _load_g(g_ptr, k0: tl.constexpr, K: tl.constexpr, BLOCK_K: tl.constexpr):
+    def _load_block(wa_ptr, wb_ptr, g_ptr, rows, mask_n, k0: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr,
+                    PAIR: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Column block [k0, k0 + BLOCK_K) of the weight rows of Wa (and Wb under PAIR, else Wa's again) and of the
+        norm weight g as float32 (under NORM, else 1): ``rows`` are (BLOCK_N, 1) row offsets."""
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        return tl.load(g_ptr + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
+        mask = mask_n[:, None] & (offs_k < K)[None, :]
+        a = tl.load(wa_ptr + rows + offs_k[None, :], mask=mask, other=0.0)
+        b = a
+        if PAIR:
+            b = tl.load(wb_ptr + rows + offs_k[None, :], mask=mask, other=0.0)
+        g = tl.full([BLOCK_K], 1.0, dtype=tl.float32)
+        if NORM:
+            g = tl.load(g_ptr + offs_k, mask=offs_k < K, other=0.0).to(tl.float32)
+        return a, b, g
 
     @triton.jit
-    def _load_x(x_ptr, offs_m, mask_m, k0: tl.constexpr, K: tl.constexpr, BLOCK_K: tl.constexpr):
+    def _accumulate(x_ptr, offs_m, mask_m, a, b, g, acc_a, acc_b, ss, k0: tl.constexpr, K: tl.constexpr,
+                    PAIR: tl.constexpr, BLOCK_K: tl.constexpr):
+        """Add column block k0's share: ``acc_a += (x * g) @ a^T`` (and ``acc_b`` with b under PAIR), ``ss += x^2``
+        summed over the block; x is read here, after the wait."""
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        return tl.load(x_ptr + offs_m[:, None] * K + offs_k[None, :], mask=mask_m[:, None] & (offs_k < K)[None, :],
-                       other=0.0).to(tl.float32)
-
-    @triton.jit
-    def _dot(x, w):
-        """(BLOCK_M, BLOCK_K) float32 x (BLOCK_N, BLOCK_K) weights -> (BLOCK_M, BLOCK_N) float32."""
-        return tl.sum(x[:, None, :] * w.to(tl.float32)[None, :, :], axis=2)
+        x = tl.load(x_ptr + offs_m[:, None] * K + offs_k[None, :], mask=mask_m[:, None] & (offs_k < K)[None, :],
+                    other=0.0).to(tl.float32)  # (BLOCK_M, BLOCK_K)
+        ss += tl.sum(x * x, axis=1)
+        x = x * g[None, :]
+        acc_a += tl.sum(x[:, None, :] * a.to(tl.float32)[None, :, :], axis=2)
+        if PAIR:
+            acc_b += tl.sum(x[:, None, :] * b.to(tl.float32)[None, :, :], axis=2)
+        return acc_a, acc_b, ss
 
     @triton.jit
     def _prefetched_product(
@@ -142,65 +158,31 @@ if triton is not None:
         """``x @ Wa[rows]^T`` (and ``x @ Wb[rows]^T`` under PAIR), x scaled by the norm weight g under NORM, with the
         rows' sums of squares of x: ((BLOCK_M, BLOCK_N), (BLOCK_M, BLOCK_N), (BLOCK_M,)) float32.
 
-        Every weight block (K <= 4 BLOCK_K) and the norm weight are loaded first; then, under PDL, the program waits
-        for the previous kernel (``gdc_wait``) before it reads x."""
-        a0 = _load_w(wa_ptr, rows, mask_n, 0, K, BLOCK_K)
-        if PAIR:
-            b0 = _load_w(wb_ptr, rows, mask_n, 0, K, BLOCK_K)
+        Every weight block (K <= 4 BLOCK_K; Triton keeps no list of tensors, hence the four spelled-out blocks) and
+        the norm weight are loaded first; then, under PDL, the program waits for the previous kernel (``gdc_wait``)
+        before it reads x."""
+        a0, b0, g0 = _load_block(wa_ptr, wb_ptr, g_ptr, rows, mask_n, 0, K, NORM, PAIR, BLOCK_K)
         if K > BLOCK_K:
-            a1 = _load_w(wa_ptr, rows, mask_n, BLOCK_K, K, BLOCK_K)
-            if PAIR:
-                b1 = _load_w(wb_ptr, rows, mask_n, BLOCK_K, K, BLOCK_K)
+            a1, b1, g1 = _load_block(wa_ptr, wb_ptr, g_ptr, rows, mask_n, BLOCK_K, K, NORM, PAIR, BLOCK_K)
         if K > 2 * BLOCK_K:
-            a2 = _load_w(wa_ptr, rows, mask_n, 2 * BLOCK_K, K, BLOCK_K)
-            if PAIR:
-                b2 = _load_w(wb_ptr, rows, mask_n, 2 * BLOCK_K, K, BLOCK_K)
+            a2, b2, g2 = _load_block(wa_ptr, wb_ptr, g_ptr, rows, mask_n, 2 * BLOCK_K, K, NORM, PAIR, BLOCK_K)
         if K > 3 * BLOCK_K:
-            a3 = _load_w(wa_ptr, rows, mask_n, 3 * BLOCK_K, K, BLOCK_K)
-            if PAIR:
-                b3 = _load_w(wb_ptr, rows, mask_n, 3 * BLOCK_K, K, BLOCK_K)
-        if NORM:
-            g0 = _load_g(g_ptr, 0, K, BLOCK_K)
-            if K > BLOCK_K:
-                g1 = _load_g(g_ptr, BLOCK_K, K, BLOCK_K)
-            if K > 2 * BLOCK_K:
-                g2 = _load_g(g_ptr, 2 * BLOCK_K, K, BLOCK_K)
-            if K > 3 * BLOCK_K:
-                g3 = _load_g(g_ptr, 3 * BLOCK_K, K, BLOCK_K)
+            a3, b3, g3 = _load_block(wa_ptr, wb_ptr, g_ptr, rows, mask_n, 3 * BLOCK_K, K, NORM, PAIR, BLOCK_K)
         if PDL:
             gdc_wait()  # the previous kernel's outputs are visible from here on
-        x = _load_x(x_ptr, offs_m, mask_m, 0, K, BLOCK_K)
-        ss = tl.sum(x * x, axis=1)
-        if NORM:
-            x = x * g0[None, :]
-        acc_a = _dot(x, a0)
-        acc_b = acc_a
-        if PAIR:
-            acc_b = _dot(x, b0)
+        acc_a = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc_b = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        ss = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc_a, acc_b, ss = _accumulate(x_ptr, offs_m, mask_m, a0, b0, g0, acc_a, acc_b, ss, 0, K, PAIR, BLOCK_K)
         if K > BLOCK_K:
-            x = _load_x(x_ptr, offs_m, mask_m, BLOCK_K, K, BLOCK_K)
-            ss += tl.sum(x * x, axis=1)
-            if NORM:
-                x = x * g1[None, :]
-            acc_a += _dot(x, a1)
-            if PAIR:
-                acc_b += _dot(x, b1)
+            acc_a, acc_b, ss = _accumulate(x_ptr, offs_m, mask_m, a1, b1, g1, acc_a, acc_b, ss, BLOCK_K, K, PAIR,
+                                           BLOCK_K)
         if K > 2 * BLOCK_K:
-            x = _load_x(x_ptr, offs_m, mask_m, 2 * BLOCK_K, K, BLOCK_K)
-            ss += tl.sum(x * x, axis=1)
-            if NORM:
-                x = x * g2[None, :]
-            acc_a += _dot(x, a2)
-            if PAIR:
-                acc_b += _dot(x, b2)
+            acc_a, acc_b, ss = _accumulate(x_ptr, offs_m, mask_m, a2, b2, g2, acc_a, acc_b, ss, 2 * BLOCK_K, K, PAIR,
+                                           BLOCK_K)
         if K > 3 * BLOCK_K:
-            x = _load_x(x_ptr, offs_m, mask_m, 3 * BLOCK_K, K, BLOCK_K)
-            ss += tl.sum(x * x, axis=1)
-            if NORM:
-                x = x * g3[None, :]
-            acc_a += _dot(x, a3)
-            if PAIR:
-                acc_b += _dot(x, b3)
+            acc_a, acc_b, ss = _accumulate(x_ptr, offs_m, mask_m, a3, b3, g3, acc_a, acc_b, ss, 3 * BLOCK_K, K, PAIR,
+                                           BLOCK_K)
         return acc_a, acc_b, ss
 
     @triton.jit
@@ -212,10 +194,7 @@ if triton is not None:
         """out[m, n] = res[m, n] + (x[m] @ W[n]) or (rmsnorm(x[m]) @ W[n]); one program per BLOCK_N outputs."""
         if PDL:
             gdc_launch_dependents()
-        offs_m = tl.arange(0, BLOCK_M)
-        mask_m = offs_m < M
-        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
+        offs_m, mask_m, offs_n, mask_n = _program_tile(M, N, BLOCK_M, BLOCK_N)
         rows = offs_n.to(tl.int64)[:, None] * K
         y, _, ss = _prefetched_product(x_ptr, g_ptr, w_ptr, w_ptr, rows, offs_m, mask_m, mask_n, K, NORM, False, PDL,
                                        BLOCK_M, BLOCK_N, BLOCK_K)
@@ -236,10 +215,7 @@ if triton is not None:
         """out[m, n] = silu(y[m] @ w1[n]) * (y[m] @ w3[n]) with y = rmsnorm(x); rounded as the module path."""
         if PDL:
             gdc_launch_dependents()
-        offs_m = tl.arange(0, BLOCK_M)
-        mask_m = offs_m < M
-        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < N
+        offs_m, mask_m, offs_n, mask_n = _program_tile(M, N, BLOCK_M, BLOCK_N)
         rows = offs_n.to(tl.int64)[:, None] * K
         a, b, ss = _prefetched_product(x_ptr, g_ptr, w1_ptr, w3_ptr, rows, offs_m, mask_m, mask_n, K, True, True, PDL,
                                        BLOCK_M, BLOCK_N, BLOCK_K)
@@ -261,10 +237,7 @@ if triton is not None:
         at ``q[m, c]``, k and v at ``cache[m, head, pos, d]`` (cache strides (stride_cm, stride_ch, HEAD_DIM, 1))."""
         if PDL:
             gdc_launch_dependents()
-        offs_m = tl.arange(0, BLOCK_M)
-        mask_m = offs_m < M
-        pairs = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # pair j = output columns 2j, 2j + 1
-        mask_n = pairs < (3 * D) // 2
+        offs_m, mask_m, pairs, mask_n = _program_tile(M, (3 * D) // 2, BLOCK_M, BLOCK_N)  # pair j: columns 2j, 2j+1
         rows = (2 * pairs).to(tl.int64)[:, None] * D
         a0, a1, ss = _prefetched_product(x_ptr, g_ptr, w_ptr, w_ptr + D, rows, offs_m, mask_m, mask_n, D, True, True,
                                          PDL, BLOCK_M, BLOCK_N, BLOCK_K)
