@@ -69,11 +69,11 @@ def _check_kernels(device: str, dtype: torch.dtype, m: int, d: int, n_head: int,
 
 @needs_triton
 @interpreted
-@pytest.mark.parametrize("m", [1, 3])
-def test_interpreted_kernels_equal_module_path_on_cpu(m: int) -> None:
+@pytest.mark.parametrize(("m", "ffn"), [(1, 56), (3, 56), (1, 200)])
+def test_interpreted_kernels_equal_module_path_on_cpu(m: int, ffn: int) -> None:
     # sizes that are not multiples of the tiles (16 columns in the interpreter): masks on every edge; 3 and 4
-    # column blocks
-    _check_kernels("cpu", torch.float32, m, d=40, n_head=5, ffn=56, atol=1e-5)
+    # column blocks; ffn=200: wider column blocks (at most four per row)
+    _check_kernels("cpu", torch.float32, m, d=40, n_head=5, ffn=ffn, atol=1e-5)
 
 
 @needs_triton

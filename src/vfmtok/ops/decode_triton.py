@@ -85,8 +85,8 @@ def _configs(rows_block: int, kind: str, k: int) -> list:
 
     A program holds all its weights in registers (loaded before it waits for the previous kernel), in at most four
     column blocks of BLOCK_K, within 64 registers per thread; the float32 product of one block is reduced at once."""
-    if _INTERPRET:  # the interpreter runs one configuration (autotuning there would only cost time)
-        return [triton.Config({"BLOCK_N": 4, "BLOCK_K": 16}, num_warps=1)]
+    if _INTERPRET:  # one small configuration (autotuning there would only cost time), at most four column blocks
+        return [triton.Config({"BLOCK_N": 4, "BLOCK_K": max(16, triton.next_power_of_2(-(-k // 4)))}, num_warps=1)]
     pairs = kind != "gemv"
     out = []
     whole = triton.next_power_of_2(k)  # one block (small widths: the only candidate)
@@ -161,6 +161,7 @@ if triton is not None:
         Every weight block (K <= 4 BLOCK_K; Triton keeps no list of tensors, hence the four spelled-out blocks) and
         the norm weight are loaded first; then, under PDL, the program waits for the previous kernel (``gdc_wait``)
         before it reads x."""
+        tl.static_assert(K <= 4 * BLOCK_K, "the products take at most four column blocks")
         a0, b0, g0 = _load_block(wa_ptr, wb_ptr, g_ptr, rows, mask_n, 0, K, NORM, PAIR, BLOCK_K)
         if K > BLOCK_K:
             a1, b1, g1 = _load_block(wa_ptr, wb_ptr, g_ptr, rows, mask_n, BLOCK_K, K, NORM, PAIR, BLOCK_K)
