@@ -124,8 +124,8 @@ class FastDecoder:
             ``"torch"``.
 
     Usage: ``logits = dec.prefill(labels)``, then ``logits = dec.decode(tokens, t)`` for t = 0 .. n - 2 (token t
-    enters at position t + 1). Logits are (rows, V) float32; on the graph path they live in a buffer that the next step
-    overwrites.
+    enters at position t + 1). Logits are (rows, V) float32; on the graph path and with the Triton kernels they live in
+    a buffer that the next step overwrites.
     """
 
     def __init__(
