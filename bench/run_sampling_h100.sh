@@ -18,3 +18,9 @@ $B --models gpt-b --paths official official-compiled eager fast --batches 1 64 2
 $B --models gpt-xxl --paths official-compiled --baseline-batches 256 --cfg 1.0
 # Variants: the memory-efficient SDPA kernel, Inductor autotuning (cuDNN SDPA refuses the shape: not run)
 $B --models gpt-xxl --paths fast-efficient fast-autotune --batches 1 768 --cfg 1.0 --max-rows 768
+# Batch 1-2 (session 3): the small-batch Triton kernels (the default `fast` at <= 2 rows) against the torch kernels,
+# the tile policies timed on the whole step, then GPT-B at batch 1
+$B --models gpt-xxl --paths fast --batches 1 2 --cfg 1.0 2.0 --max-rows 2 --profile $OUT/decode-profile.txt
+$B --models gpt-xxl --paths fast-torch --batches 1 --cfg 1.0
+timeout 900 python3 bench/decode_tiles.py --out $OUT/decode-tiles.jsonl
+$B --models gpt-b --paths fast fast-torch --batches 1 --cfg 1.0 2.0
