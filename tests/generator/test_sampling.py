@@ -119,6 +119,26 @@ def test_triton_kernels_path_equals_plain_path():
         assert len(set(fast.flatten().tolist())) > 5
 
 
+def test_auto_kernels_fall_back_to_torch_when_triton_fails(monkeypatch, caplog):
+    """kernels='auto' on a GPU where the Triton kernels fail (simulated): a warning, then the PyTorch path's tokens."""
+    from vfmtok.generator import fast_decode
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated: PTX assembly failed")
+
+    monkeypatch.setattr(fast_decode, "_auto_kernels", lambda weight, rows: "triton")
+    monkeypatch.setattr(decode_triton, "norm_qkv_rope", broken)
+    gpt = _tiny(block_size=16)
+    labels = torch.tensor([2])
+    with caplog.at_level("WARNING", logger="vfmtok.generator.fast_decode"):
+        fast = sample(gpt, labels, generator=torch.Generator().manual_seed(4), compile={"fuse": False}, top_k=20)
+    assert "falls back to 'torch'" in caplog.text and "PTX assembly failed" in caplog.text
+    plain = sample(gpt, labels, generator=torch.Generator().manual_seed(4), baseline="plain", top_k=20)
+    assert torch.equal(fast, plain)
+    with pytest.raises(RuntimeError, match="simulated"):  # an explicit kernels='triton' does not hide the failure
+        FastDecoder(gpt, 1, kernels="triton").prefill(labels)
+
+
 def test_triton_kernels_option_is_checked():
     gpt = _tiny(block_size=16)
     with pytest.raises(ValueError, match="kernels"):

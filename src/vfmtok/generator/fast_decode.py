@@ -27,6 +27,7 @@ default) takes them on CUDA GPUs of compute capability 8.0 or newer when Triton 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +36,8 @@ from torch import Tensor
 
 from ..ops import decode_triton
 from .gpt import GPT, apply_rope, rms_norm
+
+log = logging.getLogger(__name__)
 
 TRITON_MAX_ROWS = 2
 """Most rows for which ``kernels="auto"`` picks the Triton matrix-vector kernels (measured faster than cuBLAS there:
@@ -86,6 +89,14 @@ def _head(h: Tensor, delta: Tensor, norm_w: Tensor, out_w: Tensor, eps: float) -
     return F.linear(rms_norm((h + delta)[:, -1], norm_w, eps), out_w).float()
 
 
+def _auto_kernels(weight: Tensor, rows: int) -> str:
+    """``kernels="auto"``: the Triton kernels on CUDA GPUs of compute capability >= 8.0 (measured on Hopper; the bf16
+    code needs Ampere or newer) with Triton installed and at most TRITON_MAX_ROWS rows; else the PyTorch path."""
+    usable = (weight.is_cuda and decode_triton.triton_available()
+              and torch.cuda.get_device_capability(weight.device) >= (8, 0))
+    return "triton" if usable and rows <= TRITON_MAX_ROWS else "torch"
+
+
 _BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
              "math": "MATH"}
 
@@ -121,7 +132,8 @@ class FastDecoder:
             layer, :mod:`vfmtok.ops.decode_triton`, for at most ``decode_triton.MAX_ROWS`` rows; ``fuse``,
             ``fuse_w13``, ``attn_backend`` and ``compile_mode`` then do not apply) or ``"auto"``: ``"triton"`` on CUDA
             (compute capability >= 8.0) with Triton installed and at most :data:`TRITON_MAX_ROWS` rows, else
-            ``"torch"``.
+            ``"torch"``; if the Triton kernels fail on their first step (a GPU or Triton version they do not compile
+            for), ``"auto"`` logs a warning and takes ``"torch"``.
 
     Usage: ``logits = dec.prefill(labels)``, then ``logits = dec.decode(tokens, t)`` for t = 0 .. n - 2 (token t
     enters at position t + 1). Logits are (rows, V) float32; on the graph path and with the Triton kernels they live in
@@ -142,16 +154,10 @@ class FastDecoder:
         self.attn_backend = attn_backend
         c = gpt.config
         weight = gpt.tok_embeddings.weight
-        if kernels == "auto":  # measured on Hopper; bf16 Triton code needs Ampere or newer
-            usable = (weight.is_cuda and decode_triton.triton_available()
-                      and torch.cuda.get_device_capability(weight.device) >= (8, 0))
-            kernels = "triton" if usable and rows <= TRITON_MAX_ROWS else "torch"
-        elif kernels == "triton" and rows > decode_triton.MAX_ROWS:
+        if kernels == "triton" and rows > decode_triton.MAX_ROWS:
             raise ValueError(f"kernels='triton' takes at most {decode_triton.MAX_ROWS} rows (got {rows}); "
                              "use kernels='torch' for larger batches")
-        self.kernels = kernels
-        triton_path = kernels == "triton"
-        fuse_w13 = fuse_w13 and not triton_path
+        self.kernels = _auto_kernels(weight, rows) if kernels == "auto" else kernels
         self.gpt, self.rows, self.device = gpt, rows, weight.device
         self.graphs = graphs and weight.is_cuda
         self.eps, self.n_head, self.n = c.norm_eps, c.n_head, gpt.num_tokens
@@ -162,17 +168,36 @@ class FastDecoder:
         # per-position inputs, each its own tensor (same layout for every compiled call)
         self.pos = [torch.tensor([p], device=self.device) for p in range(1 + c.block_size)]
         self.ropes = [gpt.freqs_cis[p : p + 1].clone() for p in range(1 + c.block_size)]
+        self._setup_kernels(fuse, fuse_w13, compile_mode)
+        if kernels == "auto" and self.kernels == "triton":
+            try:  # one step, so that a GPU or Triton version the kernels do not compile for falls back here
+                with torch.no_grad():
+                    self._forward(gpt.tok_embeddings(torch.zeros(rows, 1, dtype=torch.long, device=self.device)), 1)
+            except Exception as e:  # noqa: BLE001 - any failure of the optional kernels: the PyTorch path serves
+                log.warning("the Triton decode kernels failed (%s: %s); kernels='auto' falls back to 'torch'",
+                            type(e).__name__, e)
+                self.kernels = "torch"
+                self._setup_kernels(fuse, fuse_w13, compile_mode)
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        if self.graphs:
+            self._capture()
+
+    def _setup_kernels(self, fuse: bool, fuse_w13: bool, compile_mode: str | None) -> None:
+        """The per-layer weights and, for ``self.kernels``, the Triton kernels' buffers or the (compiled) functions."""
+        gpt, rows, c = self.gpt, self.rows, self.gpt.config
+        triton_path = self.kernels == "triton"
         self.layers = [
             _LayerWeights(
                 layer.attention_norm.weight, layer.attention.wqkv.weight, layer.attention.wo.weight,
                 layer.ffn_norm.weight, layer.feed_forward.w1.weight, layer.feed_forward.w3.weight,
                 layer.feed_forward.w2.weight,
-                torch.cat([layer.feed_forward.w1.weight, layer.feed_forward.w3.weight]) if fuse_w13 else None,
+                torch.cat([layer.feed_forward.w1.weight, layer.feed_forward.w3.weight])
+                if fuse_w13 and not triton_path else None,
             )
             for layer in gpt.layers
         ]
         if triton_path:  # the kernels' outputs, reused every step
-            dt = weight.dtype
+            dt = gpt.tok_embeddings.weight.dtype
             self._x = [torch.empty(rows, c.dim, dtype=dt, device=self.device) for _ in range(2)]
             self._h = torch.empty(rows, c.dim, dtype=dt, device=self.device)
             self._q = torch.empty(rows, c.n_head, c.head_dim, dtype=dt, device=self.device)
@@ -185,9 +210,6 @@ class FastDecoder:
             self._pre, self._post, self._head = (torch.compile(f, **kw) for f in (_pre, _post, _head))
         else:
             self._pre, self._post, self._head = _pre, _post, _head
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        if self.graphs:
-            self._capture()
 
     @torch.no_grad()
     def refresh(self) -> None:
