@@ -94,11 +94,12 @@ def _configs(rows_block: int, kind: str, k: int) -> list:
         for bn in (1, 2, 4, 8, 16):
             for bk in sorted({b for b in (256, 512, 1024, 2048) if b < whole} | {min(whole, 2048)}):
                 padded = -(-k // bk) * bk
-                if k <= 4 * bk and padded - k < max(bk // 2, 1) or bk == whole:
-                    if bn * padded * (2 if pairs else 1) > 128 * 32 * warps:
-                        continue
-                    if rows_block * bn * bk <= 64 * 32 * warps:
-                        out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps))
+                # one whole (padded) row, or at most four blocks with under half a block of padding
+                blocks_ok = bk == whole or (k <= 4 * bk and padded - k < bk // 2)
+                weights_fit = bn * padded * (2 if pairs else 1) <= 128 * 32 * warps  # <= 64 registers per thread
+                product_fits = rows_block * bn * bk <= 64 * 32 * warps  # one block's float32 product
+                if blocks_ok and weights_fit and product_fits:
+                    out.append(triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps))
     if not out:
         raise ValueError(f"no tile of the decode kernels fits rows={rows_block}, K={k} (at most 4 column blocks of up "
                          "to 2048 and 64 registers per thread); use FastDecoder(kernels='torch')")
