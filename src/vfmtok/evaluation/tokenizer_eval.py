@@ -114,7 +114,7 @@ def evaluate_tokenizer(
             ``lpips_vgg`` is always in the report (None when not measured).
         encode, decode: replacements of ``tokenizer.encode`` ((B, 3, H, W) in [-1, 1] -> (B, L) int64) and
             ``tokenizer.decode`` ((B, L) -> (B, 3, H, W) float), e.g. the bf16 settings of
-            :func:`vfmtok.tokenizer.inference.fast_encode`; None: the tokenizer's own (float32, the official protocol).
+            :func:`vfmtok.tokenizer.inference.fast_codec`; None: the tokenizer's own (float32, the official protocol).
     """
     encode = tokenizer.encode if encode is None else encode
     decode = tokenizer.decode if decode is None else decode

@@ -274,7 +274,9 @@ class FastDecoder:
         for p in range(self.n):
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.logits_out.copy_(step(p))
+                logits = step(p)
+                if logits is not self.logits_out:  # the Triton head writes logits_out itself
+                    self.logits_out.copy_(logits)
             self._graphs[p] = graph
 
     @torch.no_grad()

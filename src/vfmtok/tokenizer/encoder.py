@@ -24,6 +24,8 @@ deformable cross-attention (causal self-attention + FFN only). There are no carr
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -157,30 +159,19 @@ class EncoderLayer(nn.Module):
             # The official layer forces fp32 for both attentions (its CUDA kernel needs fp32): no autocast, fp32 inputs.
             src, pos, reference_points, values = (None if t is None else t.float()
                                                   for t in (src, pos, reference_points, values))
-            with torch.autocast(device_type=src.device.type, enabled=False):
-                src = self._attend(src, pos, reference_points, values, spatial_shapes, collect)
+            precision = torch.autocast(device_type=src.device.type, enabled=False)
         else:  # the caller's autocast applies (bf16 values and self-attention); sampling locations stay fp32
-            src = self._attend(src, pos, reference_points, values, spatial_shapes, collect)
+            precision = contextlib.nullcontext()
+        with precision:  # cross-attention (deformable mode), causal self-attention, their residuals and post-norms
+            if self.cross_attn is not None:
+                query = src + pos
+                if collect is not None:
+                    collect.append(self.cross_attn.sampling(query, reference_points, spatial_shapes))
+                out = self.cross_attn(query, reference_points, values, spatial_shapes)
+                src = self.norm1(src + self.dropout(out))
+            src = self.norm3(src + self.dropout(self.self_attn(src + pos, is_causal=self.causal)))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout(ffn))
-
-    def _attend(
-        self,
-        src: Tensor,
-        pos: Tensor,
-        reference_points: Tensor | None,
-        values: Tensor | None,
-        spatial_shapes: Sequence[tuple[int, int]],
-        collect: list | None,
-    ) -> Tensor:
-        """Cross-attention (deformable mode) and causal self-attention with their residuals and post-norms."""
-        if self.cross_attn is not None:
-            query = src + pos
-            if collect is not None:
-                collect.append(self.cross_attn.sampling(query, reference_points, spatial_shapes))
-            out = self.cross_attn(query, reference_points, values, spatial_shapes)
-            src = self.norm1(src + self.dropout(out))
-        return self.norm3(src + self.dropout(self.self_attn(src + pos, is_causal=self.causal)))
 
 
 class EncoderRegions(NamedTuple):
