@@ -268,7 +268,9 @@ def _read_torch_state(path: str | os.PathLike) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LPIPS linear-layer weights not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    from ..hub import torch_load_weights
+
+    return torch_load_weights(path, "LPIPS linear-layer weights file")
 
 
 def _package_dir(name: str) -> Path | None:
