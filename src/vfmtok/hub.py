@@ -129,12 +129,16 @@ def torch_load_weights(path: str | os.PathLike, what: str, allowed_globals: Sequ
     try:
         with torch.serialization.safe_globals(list(allowed_globals)):
             return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError as e:  # torch's message advises weights_only=False: never repeat that advice
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        obj = f"a pickled {found.group(1)} object" if found else "pickled Python objects other than tensors"
-        raise ModelLoadError(f"{path}: refused to load this {what}: it contains {obj}, and unpickling arbitrary "
-                             "objects can run code from the file; vfmtok reads only tensors and plain containers "
-                             "from .pt files") from None
+        if found:
+            raise ModelLoadError(f"{path}: refused to load this {what}: it contains a pickled {found.group(1)} "
+                                 "object, and unpickling arbitrary objects can run code from the file; vfmtok reads "
+                                 "only tensors and plain containers from .pt files") from None
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))
+        raise ModelLoadError(f"{path}: cannot read this {what}: not a torch checkpoint, or a truncated or corrupt one "
+                             f"(unpickling failed: {detail.group(1).strip() if detail else type(e).__name__})") \
+            from None
     except Exception as e:  # noqa: BLE001 - zip, EOF and key errors of a damaged file come in many types
         raise ModelLoadError(f"{path}: cannot read this {what}: the file is truncated or corrupt ({_reason(e)})") \
             from None

@@ -150,7 +150,8 @@ class ImageDataset(Dataset[ImageSample], abc.ABC):
     Args:
         transform: ``transform(img, rng) -> (3, S, S)`` tensor, e.g. :class:`vfmtok.data.transforms.ImageTransform`.
         seed: augmentation seed (>= 0).
-        max_retries: how many consecutive unreadable files are tolerated before giving up with a RuntimeError.
+        max_retries: how many consecutive unreadable files are tolerated before giving up with an
+            :class:`UnreadableDataError`.
     """
 
     def __init__(self, transform: Transform, seed: int = 0, max_retries: int = 64) -> None:

@@ -70,6 +70,8 @@ def save_checkpoint(
     """Write checkpoint ``step`` atomically and keep only the newest ``keep`` checkpoints. Returns its directory."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".step-*"):  # temporaries of a process killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step:08d}-"))
     try:
@@ -79,6 +81,9 @@ def save_checkpoint(
         if config is not None:
             config.save(tmp / "config.json")
         torch.save({"step": step, **train_state}, tmp / "state.pt")
+        for f in tmp.iterdir():  # on disk before the rename makes the checkpoint visible (power loss)
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -153,7 +158,7 @@ def load_latest_checkpoint(run_dir: str | os.PathLike,
         try:
             data = load_checkpoint(ckpt.path, device=device)
         except ModelLoadError as e:
-            problems.append(str(e))
+            problems.append(ckpt.path.name)
             later = f"falling back to {found[k + 1].path.name}" if k + 1 < len(found) else "no older checkpoint"
             log.warning("checkpoint %s is damaged, %s: %s", ckpt.path.name, later, e)
             continue
@@ -161,8 +166,9 @@ def load_latest_checkpoint(run_dir: str | os.PathLike,
             log.warning("resuming from %s (step %d) instead of the damaged newer checkpoint", ckpt.path, ckpt.step)
         return ckpt, data
     if problems:
-        raise ModelLoadError(f"{run_dir}: no intact checkpoint to resume from ({'; '.join(problems)}); move the "
-                             "checkpoints/ folder away to start the run again")
+        raise ModelLoadError(f"{Path(run_dir) / 'checkpoints'}: no intact checkpoint to resume from (damaged: "
+                             f"{', '.join(problems)}; the warnings above name the files); move that folder away to "
+                             "start the run again")
     return None
 
 
