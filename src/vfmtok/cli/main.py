@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "eval-tokenizer": "eval_tokenizer",
     "eval-samples": "eval_samples",
     "demo": "demo",
+    "export-fashion-mnist": "export_fashion_mnist",
     "presets": "presets",
 }
 
