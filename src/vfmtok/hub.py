@@ -227,6 +227,8 @@ class PretrainedMixin:
             config = config.replace(**config_overrides)
         try:
             model = cls(config)  # type: ignore[call-arg]
+        except ModelLoadError:  # e.g. a backbone whose weights are missing: already names its file
+            raise
         except (ValueError, TypeError, KeyError, RuntimeError, AssertionError, ZeroDivisionError) as e:
             raise ModelLoadError(f"{local / CONFIG_NAME}: this config does not build a model ({_reason(e)})") from None
         state = load_state_dict(local / WEIGHTS_NAME)
