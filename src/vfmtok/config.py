@@ -94,7 +94,9 @@ class ConfigBase:
         kwargs = {k: _from_json_value(hints[k], v, f"{where}.{k}") for k, v in data.items() if k in names}
         try:
             return cls(**kwargs)
-        except TypeError as e:  # missing required fields
+        except (TypeError, ValueError) as e:  # missing required fields, values the config's checks refuse
+            if isinstance(e, ConfigError) and str(e).startswith(where):
+                raise
             raise ConfigError(f"{where}: {e}") from None
 
     def to_json(self) -> str:
@@ -119,7 +121,10 @@ class ConfigBase:
             path = path / CONFIG_NAME
         if not path.exists():
             raise ConfigError(f"config file not found: {path}")
-        text = path.read_text()
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read config: not a text file ({type(e).__name__})") from None
         try:
             if path.suffix in (".yaml", ".yml"):
                 import yaml

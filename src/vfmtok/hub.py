@@ -3,13 +3,22 @@
 All weight I/O of the models goes through here (models themselves never touch files). ``from_pretrained`` accepts a
 local directory or a Hugging Face Hub repository id; Hub access uses ``huggingface_hub`` and fails with a clear
 message when offline.
+
+Every read checks integrity and fails with one :class:`ModelLoadError` line naming the file: a truncated or corrupt
+``model.safetensors`` (:func:`load_state_dict`), a truncated or refused ``.pt`` file (:func:`torch_load_weights`), a
+config that does not build a model. An optional ``training.json`` next to the weights (:func:`write_training_record`)
+records how the weights were made (trained, converted, or random), so that tools can say what a model is good for.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import pickle
+import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -21,6 +30,7 @@ from .config import CONFIG_NAME, ConfigBase
 log = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
+TRAINING_RECORD_NAME = "training.json"
 
 M = TypeVar("M", bound="PretrainedMixin")
 
@@ -46,7 +56,8 @@ def resolve_model_dir(path_or_hub_id: str | os.PathLike, revision: str | None = 
     try:
         from huggingface_hub import snapshot_download
 
-        local = snapshot_download(repo_id=name, revision=revision, allow_patterns=[CONFIG_NAME, WEIGHTS_NAME])
+        local = snapshot_download(repo_id=name, revision=revision,
+                                  allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, TRAINING_RECORD_NAME])
     except Exception as e:  # noqa: BLE001 - network, auth and offline errors all end here
         raise ModelLoadError(
             f"{name!r} is not a local directory and could not be fetched from the Hugging Face Hub "
@@ -73,13 +84,91 @@ def save_state_dict(state_dict: dict[str, Tensor], path: str | os.PathLike, meta
             os.remove(tmp)
 
 
+def _reason(e: BaseException) -> str:
+    """A one-line, short description of a low-level read error (no advice from the library that raised it)."""
+    text = " ".join(str(e).split())
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    first = text.split(". ")[0].rstrip(".")
+    if len(first) > 160:
+        first = first[:157] + "..."
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """Read a safetensors file; a missing, truncated or corrupt file raises :class:`ModelLoadError` naming it."""
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"weights file not found: {path}")
-    return load_file(str(path), device=str(device))
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: expected a safetensors file, got a directory")
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError, ... : the file is damaged whatever the type
+        raise ModelLoadError(f"{path}: truncated or corrupt safetensors file ({_reason(e)}); re-download or "
+                             "re-export it") from None
+
+
+def torch_load_weights(path: str | os.PathLike, what: str, allowed_globals: Sequence[type] = (),
+                       map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors naming the file and what it was meant to be.
+
+    Only tensors, plain containers and ``allowed_globals`` are unpickled: a file that pickles any other Python object
+    is refused (unpickling arbitrary objects can run code from the file), and the message names the object's type.
+    A truncated or corrupt file raises :class:`ModelLoadError` too. ``what`` names the file's role, e.g.
+    ``"training state"``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ModelLoadError: the file is damaged or refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's message advises weights_only=False: never repeat that advice
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found:
+            raise ModelLoadError(f"{path}: refused to load this {what}: it contains a pickled {found.group(1)} "
+                                 "object, and unpickling arbitrary objects can run code from the file; vfmtok reads "
+                                 "only tensors and plain containers from .pt files") from None
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(e))
+        raise ModelLoadError(f"{path}: cannot read this {what}: not a torch checkpoint, or a truncated or corrupt one "
+                             f"(unpickling failed: {detail.group(1).strip() if detail else type(e).__name__})") \
+            from None
+    except Exception as e:  # noqa: BLE001 - zip, EOF and key errors of a damaged file come in many types
+        raise ModelLoadError(f"{path}: cannot read this {what}: the file is truncated or corrupt ({_reason(e)})") \
+            from None
+
+
+def write_training_record(model_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Write ``<model_dir>/training.json`` atomically: how the weights were made.
+
+    Keys used by vfmtok: ``trained`` (bool: False for random initialisations), ``source`` (the command or file the
+    weights came from), ``data`` (what the model was trained on, free text or a path) and ``image_size``; any other
+    JSON-able keys are kept.
+    """
+    path = Path(model_dir) / TRAINING_RECORD_NAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_training_record(model_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """``<model_dir>/training.json`` as a dict, or None when it is absent or unreadable (with a warning naming it)."""
+    path = Path(model_dir) / TRAINING_RECORD_NAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        log.warning("%s: unreadable training record ignored (%s)", path, _reason(e))
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def check_state_dict(expected: dict[str, Tensor], got: dict[str, Tensor], where: str) -> None:
@@ -136,7 +225,12 @@ class PretrainedMixin:
         config = cls.config_class.load(local / CONFIG_NAME)
         if config_overrides:
             config = config.replace(**config_overrides)
-        model = cls(config)  # type: ignore[call-arg]
+        try:
+            model = cls(config)  # type: ignore[call-arg]
+        except ModelLoadError:  # e.g. a backbone whose weights are missing: already names its file
+            raise
+        except (ValueError, TypeError, KeyError, RuntimeError, AssertionError, ZeroDivisionError) as e:
+            raise ModelLoadError(f"{local / CONFIG_NAME}: this config does not build a model ({_reason(e)})") from None
         state = load_state_dict(local / WEIGHTS_NAME)
         model.load_pretrained_state_dict(state, where=str(local / WEIGHTS_NAME))  # type: ignore[attr-defined]
         return model.to(device).eval()  # type: ignore[attr-defined,return-value]

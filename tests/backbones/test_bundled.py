@@ -157,3 +157,14 @@ def test_copied_cache_serves_without_the_package(tmp_path: Path, monkeypatch: py
     save_state_dict({"cls_token": torch.zeros(1)}, tmp_path / bundled.CACHE_NAME, metadata={**meta, "converter": "0"})
     with pytest.raises(ModelLoadError, match="converted on another machine"):
         bundled.load_bundled_state_dict()  # an older converter's cache is not trusted blindly
+
+
+def test_damaged_cache_file_is_converted_again_not_an_error(tmp_path, caplog):
+    from vfmtok.backbones.bundled import _cache_metadata
+    from vfmtok.hub import save_state_dict
+
+    path = tmp_path / "cache.safetensors"
+    save_state_dict({"w": torch.ones(8, 8)}, path, metadata={"format": "pt", "converter": "x"})
+    assert _cache_metadata(path)["converter"] == "x"
+    path.write_bytes(path.read_bytes()[:40])
+    assert _cache_metadata(path) is None and "is damaged" in caplog.text

@@ -21,6 +21,7 @@ from vfmtok.data.datasets import (
     ImageFolderDataset,
     NoImagesError,
     TarShardDataset,
+    UnreadableDataError,
     collate_images,
     open_image_dataset,
 )
@@ -212,8 +213,11 @@ def test_all_bad_files_is_an_error_not_a_hang(tmp_path: Path) -> None:
     for k in range(3):
         (tmp_path / f"{k}.jpg").write_bytes(b"")
     ds = FlatFolderDataset(tmp_path, ImageTransform(SIZE), max_retries=8)
-    with pytest.raises(RuntimeError, match="3 consecutive unreadable images"):
+    with pytest.raises(UnreadableDataError, match=r"all 3 images unreadable, from .*0\.jpg to .*2\.jpg"):
         ds[0]
+    ds = FlatFolderDataset(tmp_path, ImageTransform(SIZE), max_retries=2)
+    with pytest.raises(UnreadableDataError, match=r"2 images in a row unreadable, from .*1\.jpg to .*2\.jpg"):
+        ds[1]
     with pytest.raises(IndexError):
         ds[3]
 

@@ -69,3 +69,18 @@ def test_eval_dataset_dedups_replaced_files(tmp_path):
     np.testing.assert_allclose(b.u8.transpose(0, 3, 1, 2) / 127.5 - 1.0, b.x.numpy(), atol=1e-6)
     with pytest.raises(FileNotFoundError):
         open_eval_dataset(tmp_path / "nope", 16)
+
+
+def test_truncated_npz_is_a_data_error_naming_the_file(tmp_path):
+    from vfmtok.data.datasets import UnreadableDataError
+    from vfmtok.evaluation.fid import ReferenceStats, is_stats_file
+    from vfmtok.evaluation.images import iter_sample_images, npz_num_images
+
+    good = tmp_path / "s.npz"
+    np.savez(good, arr_0=np.zeros((4, 8, 8, 3), np.uint8))
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(good.read_bytes()[:200])
+    for read in (lambda: list(iter_sample_images(cut, 2)), lambda: npz_num_images(cut), lambda: is_stats_file(cut),
+                 lambda: ReferenceStats.load(cut)):
+        with pytest.raises(UnreadableDataError, match=r"cut\.npz: truncated or corrupt \.npz file"):
+            read()

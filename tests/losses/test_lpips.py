@@ -115,7 +115,12 @@ class _Evil:
 def test_trunk_pickle_reader_refuses_code(tmp_path) -> None:
     path = tmp_path / "evil.ckpt"
     path.write_bytes(pickle.dumps({"VGG16_0": _Evil()}))
-    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+    from vfmtok.hub import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match=r"evil\.ckpt: LPIPS trunk weights: refusing to unpickle .*could run code"):
+        lpips_mod._read_numpy_pickle(path)
+    path.write_bytes(pickle.dumps({"VGG16_0": np.zeros(3)})[:30])
+    with pytest.raises(ModelLoadError, match=r"evil\.ckpt: truncated or corrupt LPIPS trunk weights"):
         lpips_mod._read_numpy_pickle(path)
 
 

@@ -89,3 +89,52 @@ def test_rng_capture_restore_through_a_checkpoint(tmp_path):
     assert got[0] == expected[0]
     np.testing.assert_array_equal(got[1], expected[1])
     assert torch.equal(got[2], expected[2])
+
+
+def _truncate(path, keep: int = 100) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+@pytest.mark.parametrize("damaged", ["state.pt", "model.safetensors", "ema.safetensors"])
+def test_load_latest_falls_back_past_a_damaged_newest_checkpoint(tmp_path, caplog, damaged):
+    from vfmtok.training.checkpoint import load_latest_checkpoint
+
+    for step in (2, 4):
+        save_checkpoint(tmp_path, step, _weights(step), {"epoch": 0}, ema_state=_weights(-step))
+    _truncate(tmp_path / "checkpoints" / "step-00000004" / damaged)
+    assert latest_checkpoint(tmp_path).step == 4  # finding a checkpoint reads no file ...
+    found, data = load_latest_checkpoint(tmp_path)  # ... loading one verifies every file
+    assert found.step == 2 and data["state"]["step"] == 2
+    assert torch.equal(data["model"]["a.weight"], _weights(2)["a.weight"])
+    warned = caplog.text
+    assert f"step-00000004/{damaged}" in warned and "falling back to step-00000002" in warned
+    # the next save replaces the damaged checkpoint
+    save_checkpoint(tmp_path, 4, _weights(4), {"epoch": 0}, ema_state=_weights(-4))
+    assert load_latest_checkpoint(tmp_path)[0].step == 4
+
+
+def test_load_latest_all_damaged_or_none(tmp_path):
+    from vfmtok.hub import ModelLoadError
+    from vfmtok.training.checkpoint import load_latest_checkpoint
+
+    assert load_latest_checkpoint(tmp_path) is None
+    for step in (1, 2):
+        save_checkpoint(tmp_path, step, _weights(step), {})
+        _truncate(tmp_path / "checkpoints" / f"step-{step:08d}" / "state.pt")
+    with pytest.raises(ModelLoadError, match=r"no intact checkpoint.*step-00000002, step-00000001"):
+        load_latest_checkpoint(tmp_path)
+
+
+def test_latest_pointer_to_a_missing_directory_is_ignored(tmp_path):
+    save_checkpoint(tmp_path, 1, _weights(1.0), {})
+    save_checkpoint(tmp_path, 2, _weights(2.0), {})
+    (tmp_path / "checkpoints" / "latest").write_text("step-00000009\n")
+    assert latest_checkpoint(tmp_path).step == 2
+
+
+def test_save_removes_temporaries_of_a_killed_save(tmp_path):
+    stale = tmp_path / "checkpoints" / ".step-00000003-abc"
+    stale.mkdir(parents=True)
+    (stale / "state.pt").write_bytes(b"half")
+    save_checkpoint(tmp_path, 3, _weights(3.0), {})
+    assert not stale.exists() and latest_checkpoint(tmp_path).step == 3

@@ -211,13 +211,18 @@ def _source_tag(onnx_path: Path) -> str:
 
 
 def _cache_metadata(path: Path) -> dict[str, str] | None:
-    """The safetensors metadata of an existing cache file (None when there is no file)."""
+    """The safetensors metadata of an existing cache file (None when there is no file, or a damaged one: it is a
+    cache, so a truncated file is converted again rather than an error)."""
     if not path.exists():
         return None
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: the file is damaged whatever the type
+        log.warning("bundled backbone cache %s is damaged (%s: %s); converting again", path, type(e).__name__, e)
+        return None
 
 
 def load_bundled_state_dict(cache: str | os.PathLike | None = None, refresh: bool = False) -> dict[str, Tensor]:

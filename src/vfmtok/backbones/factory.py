@@ -163,12 +163,9 @@ def load_official_dinov2(path: str | os.PathLike) -> dict[str, Tensor]:
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"DINOv2 checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
-        raise ModelLoadError(
-            f"{path}: cannot read as a weights-only torch checkpoint ({type(e).__name__}: {e})"
-        ) from None
+    from ..hub import torch_load_weights
+
+    obj = torch_load_weights(path, "DINOv2 checkpoint")
     return normalise_dinov2_state_dict(_unwrap(obj, str(path)), where=str(path))
 
 

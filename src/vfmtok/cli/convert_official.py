@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         convert_official_tokenizer,
         load_official_checkpoint,
     )
-    from vfmtok.hub import WEIGHTS_NAME, save_state_dict
+    from vfmtok.hub import WEIGHTS_NAME, save_state_dict, write_training_record
 
     tok_json = _read_mapping(args.config) if args.config else None
     dino_json = _read_mapping(args.dinov2_config) if args.dinov2_config else None
@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     save_state_dict(state, out / WEIGHTS_NAME)
     config.save(out)
+    write_training_record(out, {"trained": True, "source": f"official VFMTok checkpoint {args.tokenizer}",
+                                "data": "ImageNet-1k (the official release)", "image_size": config.image_size})
     n_train = sum(v.numel() for k, v in state.items() if not k.startswith("backbone."))
     n_bb = sum(v.numel() for k, v in state.items() if k.startswith("backbone."))
     print(

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                 extractor, iter_sample_images(samples, args.batch_size, args.num, counter), keep_feats=args.pr_features
             )
         except ValueError as e:
-            raise UserError(f"{samples}: {e}") from None
+            raise UserError(str(e) if str(e).startswith(str(samples)) else f"{samples}: {e}") from None
         skipped["samples"] = counter.skipped
         reference = ref_stats
         if reference is None:
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                     keep_feats=args.pr_features,
                 )
             except ValueError as e:
-                raise UserError(f"{ref}: {e}") from None
+                raise UserError(str(e) if str(e).startswith(str(ref)) else f"{ref}: {e}") from None
             skipped["reference"] = counter.skipped
             reference = reference_from_summary(ref_summary, meta={"source": str(ref), "images": "uint8 as stored"})
             if args.save_ref_stats:

@@ -102,6 +102,7 @@ def _check_settings(out: Path, settings: dict[str, Any], write: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from vfmtok.cli._outputs import removed_on_failure
     from vfmtok.cli.main import UserError
     from vfmtok.data import ImageTransform, open_image_dataset
     from vfmtok.data.tokens import (AUGMENTATIONS, MANIFEST_NAME, TEN_CROP_RANGE, codes_dtype, extract_shards,
@@ -120,75 +121,82 @@ def run(args: argparse.Namespace) -> int:
     torch.backends.cuda.matmul.allow_tf32 = False  # strict fp32, as the official evaluation encodes
     torch.backends.cudnn.allow_tf32 = False
     try:
-        tok_dir = resolve_model_dir(args.tokenizer)
-        tok = VFMTokenizer.from_pretrained(tok_dir, device=info.device).eval()
-        tcfg = tok.config
-        size = tcfg.image_size
-        load_size = int(size * TEN_CROP_RANGE) if mode == "ten-crop" else size
-        dataset = open_image_dataset(args.data, ImageTransform(load_size, crop=args.crop))
-        labels = dataset.labels
-        if any(y < 0 for y in labels):
-            raise UserError(f"{args.data}: images without class labels; extract-codes needs class folders "
-                            "(root/<class>/<image>) or tar shards with .cls members")
-        classes = list(getattr(dataset, "classes", [])) or [str(c) for c in range(max(labels) + 1)]
-        out = Path(args.out)
-        settings = _settings(args, tok_dir, len(dataset), mode)
-        _check_settings(out, settings, write=info.is_main)  # every rank checks: none waits for a failed one
-        barrier()
-        if (out / MANIFEST_NAME).exists():
-            log.info("%s is already complete", out)
-            return 0
-        num_tokens, vocab = tcfg.num_tokens, tcfg.vocab_size
-        if args.precision == "bf16":
-            from vfmtok.tokenizer.inference import fast_encode
-
-            encode = fast_encode(tok)
-        else:
-            encode = tok.encode
-        written = extract_shards(
-            dataset, encode, out, image_size=size, num_tokens=num_tokens, vocab_size=vocab, mode=mode,
-            shard_size=args.shard_size, batch_size=args.batch_size, num_workers=args.num_workers, rank=info.rank,
-            world_size=info.world_size, device=info.device, max_shards=args.max_shards, progress=info.is_main,
-        )
-        log.info("rank %d wrote %d shard(s)", info.rank, len(written))
-        barrier()
-        if not info.is_main:
-            return 0
-        num_aug = len(AUGMENTATIONS[mode])
-        try:
-            shards, skipped = verify_shards(out, len(dataset), args.shard_size, num_aug, num_tokens, vocab)
-        except FileNotFoundError as e:
-            if args.max_shards is not None:
-                log.info("stopped after --max-shards: %s", e)
+        # a run that fails before its first shard leaves nothing behind (no extraction.json)
+        with removed_on_failure(args.out, keep_if=_has_shards):
+            tok_dir = resolve_model_dir(args.tokenizer)
+            tok = VFMTokenizer.from_pretrained(tok_dir, device=info.device).eval()
+            tcfg = tok.config
+            size = tcfg.image_size
+            load_size = int(size * TEN_CROP_RANGE) if mode == "ten-crop" else size
+            dataset = open_image_dataset(args.data, ImageTransform(load_size, crop=args.crop))
+            labels = dataset.labels
+            if any(y < 0 for y in labels):
+                raise UserError(f"{args.data}: images without class labels; extract-codes needs class folders "
+                                "(root/<class>/<image>) or tar shards with .cls members")
+            classes = list(getattr(dataset, "classes", [])) or [str(c) for c in range(max(labels) + 1)]
+            out = Path(args.out)
+            settings = _settings(args, tok_dir, len(dataset), mode)
+            _check_settings(out, settings, write=info.is_main)  # every rank checks: none waits for a failed one
+            barrier()
+            if (out / MANIFEST_NAME).exists():
+                log.info("%s is already complete", out)
                 return 0
-            raise UserError(str(e)) from None
-        count = sum(s["count"] for s in shards)
-        write_manifest(out, {
-            "tokenizer": {"path": str(tok_dir.resolve()), "preset": tcfg.preset, "config": tcfg.to_dict(),
-                          **{k: v for k, v in settings.items() if k.startswith("tokenizer_")}},
-            "num_tokens": num_tokens,
-            "token_grid": list(tcfg.token_grid),
-            "vocab_size": vocab,
-            "codes_dtype": codes_dtype(vocab).name,
-            "num_classes": len(classes),
-            "class_names": classes,
-            "image_size": size,
-            "augmentations": list(AUGMENTATIONS[mode]),
-            "crop": args.crop,
-            "ten_crop_load_size": load_size if mode == "ten-crop" else None,
-            "data": settings["data"],
-            "num_images": len(dataset),
-            "num_codes": count,
-            "class_counts": _class_counts(out, shards, len(classes)),
-            "skipped": sorted(skipped),
-            "shard_size": args.shard_size,
-            "shards": shards,
-        })
-        log.info("extraction complete: %d images encoded, %d skipped, %d shards in %s", count, len(skipped),
-                 len(shards), out)
-        return 0
+            num_tokens, vocab = tcfg.num_tokens, tcfg.vocab_size
+            if args.precision == "bf16":
+                from vfmtok.tokenizer.inference import fast_encode
+
+                encode = fast_encode(tok)
+            else:
+                encode = tok.encode
+            written = extract_shards(
+                dataset, encode, out, image_size=size, num_tokens=num_tokens, vocab_size=vocab, mode=mode,
+                shard_size=args.shard_size, batch_size=args.batch_size, num_workers=args.num_workers, rank=info.rank,
+                world_size=info.world_size, device=info.device, max_shards=args.max_shards, progress=info.is_main,
+            )
+            log.info("rank %d wrote %d shard(s)", info.rank, len(written))
+            barrier()
+            if not info.is_main:
+                return 0
+            num_aug = len(AUGMENTATIONS[mode])
+            try:
+                shards, skipped = verify_shards(out, len(dataset), args.shard_size, num_aug, num_tokens, vocab)
+            except FileNotFoundError as e:
+                if args.max_shards is not None:
+                    log.info("stopped after --max-shards: %s", e)
+                    return 0
+                raise UserError(str(e)) from None
+            count = sum(s["count"] for s in shards)
+            write_manifest(out, {
+                "tokenizer": {"path": str(tok_dir.resolve()), "preset": tcfg.preset, "config": tcfg.to_dict(),
+                              **{k: v for k, v in settings.items() if k.startswith("tokenizer_")}},
+                "num_tokens": num_tokens,
+                "token_grid": list(tcfg.token_grid),
+                "vocab_size": vocab,
+                "codes_dtype": codes_dtype(vocab).name,
+                "num_classes": len(classes),
+                "class_names": classes,
+                "image_size": size,
+                "augmentations": list(AUGMENTATIONS[mode]),
+                "crop": args.crop,
+                "ten_crop_load_size": load_size if mode == "ten-crop" else None,
+                "data": settings["data"],
+                "num_images": len(dataset),
+                "num_codes": count,
+                "class_counts": _class_counts(out, shards, len(classes)),
+                "skipped": sorted(skipped),
+                "shard_size": args.shard_size,
+                "shards": shards,
+            })
+            log.info("extraction complete: %d images encoded, %d skipped, %d shards in %s", count, len(skipped),
+                     len(shards), out)
+            return 0
     finally:
         cleanup()
+
+
+def _has_shards(out: Path) -> bool:
+    """Finished shards are kept when an extraction fails (running the command again resumes from them)."""
+    return any(out.glob("shard-*.npz"))
 
 
 def _class_counts(out: Path, shards: list[dict[str, Any]], num_classes: int) -> list[int]:

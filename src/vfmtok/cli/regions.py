@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from vfmtok.cli.main import UserError
-    from vfmtok.cli.reconstruct import read_image
+    from vfmtok.cli.reconstruct import read_image, warn_outside_domain
     from vfmtok.data.transforms import center_crop_arr, pil_to_tensor
     from vfmtok.tokenizer.model import VFMTokenizer
 
@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     image = read_image(args.image)
     tok = VFMTokenizer.from_pretrained(args.tokenizer, device=args.device)
     cfg = tok.config
+    warn_outside_domain(args.tokenizer, cfg.image_size, {args.image: image})  # random tokenizer, far-off image size
     if cfg.encoder_type != "vfm":
         raise UserError(f"{args.tokenizer}: encoder_type={cfg.encoder_type!r} encodes with a CNN, which has no "
                         "deformable sampling points (regions needs a VFMTok tokenizer)")

@@ -32,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vfmtok.cli._outputs import removed_on_failure
     from vfmtok.cli.main import UserError
+    from vfmtok.training.checkpoint import latest_checkpoint
     from vfmtok.training.distributed import cleanup
     from vfmtok.training.generator import GPTTrainConfig, train_gpt
 
@@ -50,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{name} directory not found: {path}")
     out = Path(args.out) if args.out else Path("runs") / f"gpt-{config_path.stem}"
     try:
-        result = train_gpt(cfg, out, device=args.device, progress=not args.no_progress)
+        # a run that fails before its first checkpoint leaves nothing behind
+        with removed_on_failure(out, keep_if=lambda p: latest_checkpoint(p) is not None):
+            result = train_gpt(cfg, out, device=args.device, progress=not args.no_progress)
     finally:
         cleanup()
     summary = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if k in ("train_loss", "val_loss",

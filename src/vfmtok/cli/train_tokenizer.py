@@ -65,9 +65,17 @@ def load_recipe(config: Path | None, overrides: list[str], out: Path | None):  #
     return cfg
 
 
+def _has_progress(out: Path) -> bool:
+    """A checkpoint (resumable) or a finished feature cache (minutes of work) is kept when a run fails."""
+    from ..training.checkpoint import latest_checkpoint
+
+    return latest_checkpoint(out) is not None or (out / "feature_cache" / "meta.json").exists()
+
+
 def run(args: argparse.Namespace) -> int:
     from ..training.checkpoint import latest_checkpoint
     from ..training.tokenizer import train_tokenizer
+    from ._outputs import removed_on_failure
     from .main import UserError
 
     rank = int(os.environ.get("RANK", "0"))
@@ -81,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and latest_checkpoint(out) is None:
         raise UserError(f"--resume: no checkpoint in {out}")
     cfg = load_recipe(args.config, list(args.overrides), out)
-    result = train_tokenizer(cfg, out, stop_after=args.stop_after, progress=not args.no_progress)
+    with removed_on_failure(out, keep_if=_has_progress):  # a run that fails before its first checkpoint leaves nothing
+        result = train_tokenizer(cfg, out, stop_after=args.stop_after, progress=not args.no_progress)
     if rank == 0:
         m = result.metrics
         parts = [f"{result.step} steps"]

@@ -21,7 +21,7 @@ from torch import Tensor
 from ..config import ConfigError
 from ..generator.gpt import GPT, GPTConfig, find_multiple
 from ..generator.presets import gpt_preset, preset_for_shape
-from ..hub import ModelLoadError, check_state_dict
+from ..hub import ModelLoadError, check_state_dict, torch_load_weights
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,7 @@ def load_official_gpt_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Ten
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types; report them as one
-        raise ModelLoadError(f"{path}: cannot read checkpoint safely ({type(e).__name__}: {e})") from None
+    obj = torch_load_weights(path, "official GPT checkpoint", allowed_globals=[argparse.Namespace])
     if not isinstance(obj, dict):
         raise ModelLoadError(f"{path}: expected a dict, got {type(obj).__name__}")
     args = obj.get("args")

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..backbones.base import BackboneConfig
 from ..config import ConfigError
-from ..hub import ModelLoadError
+from ..hub import ModelLoadError, torch_load_weights
 from ..tokenizer.model import TokenizerConfig
 from ..tokenizer.presets import tokenizer_preset
 
@@ -160,13 +160,7 @@ def load_official_checkpoint(path: str | os.PathLike, entry: str | None = None) 
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"official tokenizer checkpoint not found: {path}")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
-        raise ModelLoadError(
-            f"{path}: cannot read as a weights-only torch checkpoint ({type(e).__name__}: {e})"
-        ) from None
+    obj = torch_load_weights(path, "official tokenizer checkpoint", allowed_globals=[argparse.Namespace])
     if not isinstance(obj, dict):
         raise ModelLoadError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     if entry is not None:

@@ -16,7 +16,9 @@ Call :meth:`ImageDataset.set_epoch` each epoch *before* creating the DataLoader 
 ``persistent_workers=True`` the workers keep the epoch they were started with).
 
 A missing path raises ``FileNotFoundError`` and a path without images :class:`NoImagesError` (a
-``FileNotFoundError`` and a ``ValueError``), both naming the path, at construction time.
+``FileNotFoundError`` and a ``ValueError``), both naming the path, at construction time. Data that turns out unreadable
+when read (every file tried is corrupt) raises :class:`UnreadableDataError` naming the files. Every warning names the
+file it is about, including the warnings PIL gives while decoding (e.g. corrupt EXIF data, decompression bombs).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import io
 import logging
 import os
 import posixpath
+import re
 import tarfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -52,6 +56,10 @@ Transform = Callable[[Image.Image, np.random.Generator], Tensor]
 
 class NoImagesError(FileNotFoundError, ValueError):
     """A dataset path that exists but holds no usable images."""
+
+
+class UnreadableDataError(ValueError):
+    """Every image tried in a row was unreadable: the data is corrupt (or not images at all)."""
 
 
 class ImageSample(NamedTuple):
@@ -84,8 +92,11 @@ def collate_images(samples: Sequence[ImageSample]) -> ImageBatch:
     )
 
 
-def decode_image(data: bytes) -> Image.Image:
+def decode_image(data: bytes, name: str = "image") -> Image.Image:
     """Encoded image bytes -> fully decoded 8-bit RGB image (see :func:`vfmtok.data.transforms.to_rgb`).
+
+    ``name`` (the file the bytes came from) is used in the error and in the warnings PIL gives while decoding,
+    which are logged as ``<name>: <warning>`` instead of naming an in-memory buffer.
 
     Raises:
         ValueError: empty data.
@@ -93,9 +104,22 @@ def decode_image(data: bytes) -> Image.Image:
     """
     if not data:
         raise ValueError("empty file (0 bytes)")
-    img = Image.open(io.BytesIO(data))
-    img.load()  # decode now: truncation and corruption surface here, not later inside a transform
-    return to_rgb(img)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            img = Image.open(io.BytesIO(data))
+            img.load()  # decode now: truncation and corruption surface here, not later inside a transform
+            rgb = to_rgb(img)
+        except Image.UnidentifiedImageError:
+            raise Image.UnidentifiedImageError(f"not an image format PIL can identify ({len(data)} bytes)") from None
+    for w in caught:
+        log.warning("%s: %s", name, _without_buffer(str(w.message)))
+    return rgb
+
+
+def _without_buffer(text: str) -> str:
+    """PIL messages quote the file object (``<_io.BytesIO object at 0x...>``): drop it, the caller names the file."""
+    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", text)
 
 
 def _is_image(name: str, extensions: Sequence[str]) -> bool:
@@ -126,7 +150,8 @@ class ImageDataset(Dataset[ImageSample], abc.ABC):
     Args:
         transform: ``transform(img, rng) -> (3, S, S)`` tensor, e.g. :class:`vfmtok.data.transforms.ImageTransform`.
         seed: augmentation seed (>= 0).
-        max_retries: how many consecutive unreadable files are tolerated before giving up with a RuntimeError.
+        max_retries: how many consecutive unreadable files are tolerated before giving up with an
+            :class:`UnreadableDataError`.
     """
 
     def __init__(self, transform: Transform, seed: int = 0, max_retries: int = 64) -> None:
@@ -135,6 +160,7 @@ class ImageDataset(Dataset[ImageSample], abc.ABC):
         self.transform = transform
         self.seed, self.epoch, self.max_retries = seed, 0, max_retries
         self._bad: set[int] = set()
+        self._last_error = "none recorded in this process"
 
     @abc.abstractmethod
     def __len__(self) -> int:
@@ -168,7 +194,7 @@ class ImageDataset(Dataset[ImageSample], abc.ABC):
 
     def load_image(self, i: int) -> Image.Image:
         """Decoded RGB image of item ``i``; raises if it is unreadable."""
-        return decode_image(self.read_bytes(i))
+        return decode_image(self.read_bytes(i), self.describe(i))
 
     def _try_load(self, j: int) -> Image.Image | None:
         if j in self._bad:
@@ -177,7 +203,9 @@ class ImageDataset(Dataset[ImageSample], abc.ABC):
             return self.load_image(j)
         except Exception as e:  # noqa: BLE001 - any decode failure of one file must not end the run
             self._bad.add(j)
-            log.warning("skipping unreadable image %s: %s: %s", self.describe(j), type(e).__name__, e)
+            log.warning("skipping unreadable image %s: %s: %s", self.describe(j), type(e).__name__,
+                        _without_buffer(str(e)))
+            self._last_error = f"{type(e).__name__}: {_without_buffer(str(e))}"
             return None
 
     def __getitem__(self, i: int) -> ImageSample:
@@ -190,8 +218,11 @@ class ImageDataset(Dataset[ImageSample], abc.ABC):
             if img is not None:
                 rng = np.random.default_rng((self.seed, self.epoch, i))  # keyed by the requested index
                 return ImageSample(self.transform(img, rng), self.label_of(j), j, int(attempt > 0))
-        raise RuntimeError(f"{min(self.max_retries, n)} consecutive unreadable images starting at {self.describe(i)}; "
-                           "the data looks corrupt")
+        tried = min(self.max_retries, n)
+        what = f"all {n} images" if tried == n else f"{tried} images in a row"
+        raise UnreadableDataError(f"{what} unreadable, from {self.describe(i)} to {self.describe((i + tried - 1) % n)} "
+                                  f"(last error: {self._last_error}); the data looks corrupt or "
+                                  "is not images")
 
 
 class ImageFolderDataset(ImageDataset):

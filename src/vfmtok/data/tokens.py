@@ -40,6 +40,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .datasets import UnreadableDataError
+
 log = logging.getLogger(__name__)
 
 CODES_FORMAT = "vfmtok-codes"
@@ -133,14 +135,20 @@ def _memmap_member(path: Path, zf: zipfile.ZipFile, name: str) -> np.ndarray | N
 def read_shard(path: str | os.PathLike, mmap: bool = False) -> Shard:
     """Read a shard; with ``mmap=True`` the ``codes`` array is memory-mapped instead of loaded."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as data:
-        labels, indices, skipped = data["labels"], data["indices"], data["skipped"]
-        codes = None
-        if mmap:
-            with zipfile.ZipFile(path) as zf:
-                codes = _memmap_member(path, zf, "codes.npy")
-        if codes is None:
-            codes = data["codes"]
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            labels, indices, skipped = data["labels"], data["indices"], data["skipped"]
+            codes = None
+            if mmap:
+                with zipfile.ZipFile(path) as zf:
+                    codes = _memmap_member(path, zf, "codes.npy")
+            if codes is None:
+                codes = data["codes"]
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - zip, npy-header and key errors of a damaged shard come in many types
+        raise UnreadableDataError(f"{path}: truncated or corrupt code shard ({type(e).__name__}: {e}); delete it and "
+                                  "re-run `vfmtok extract-codes` with the same arguments to rewrite it") from None
     if codes.ndim == 2:
         codes = codes[:, None, :]
     return Shard(codes, labels, indices, skipped)
@@ -163,9 +171,14 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
             f"{path} not found: not a codes directory, or its extraction is unfinished (re-run `vfmtok extract-codes` "
             "with the same arguments to resume it)"
         )
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != CODES_FORMAT:
-        raise ValueError(f"{path}: not a vfmtok codes manifest (format {manifest.get('format')!r})")
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UnreadableDataError(f"{path}: damaged codes manifest ({type(e).__name__}: {e}); delete it and re-run "
+                                  "`vfmtok extract-codes` with the same arguments to write it again") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != CODES_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise UnreadableDataError(f"{path}: not a vfmtok codes manifest (format {found!r})")
     return manifest
 
 
@@ -223,7 +236,7 @@ class CodeDataset(Dataset):
             shards = [read_shard(f, mmap=self.mmap) for f in self._files]
             for f, sh, want in zip(self._files, shards, np.diff(self._offsets)):
                 if len(sh.labels) != want or sh.codes.shape[1:] != (self.num_augmentations, self.num_tokens):
-                    raise ValueError(
+                    raise UnreadableDataError(
                         f"{f}: holds codes {tuple(sh.codes.shape)}, manifest says "
                         f"({want}, {self.num_augmentations}, {self.num_tokens})"
                     )
@@ -288,7 +301,7 @@ class CodeDataset(Dataset):
         """Split the rows into sorted (train_rows, val_rows), ``val_size`` rows held out by a seeded permutation."""
         n = len(self)
         if not 0 <= val_size < n:
-            raise ValueError(f"val_size must be in [0, {n}) for {n} rows, got {val_size}")
+            raise UnreadableDataError(f"{self.root}: val_size must be in [0, {n}) for its {n} rows, got {val_size}")
         perm = np.random.default_rng(seed).permutation(n)
         return np.sort(perm[val_size:]), np.sort(perm[:val_size])
 
@@ -438,9 +451,9 @@ def verify_shards(out: str | os.PathLike, num_images: int, shard_size: int, num_
         sh = read_shard(path, mmap=True)
         seen = np.sort(np.concatenate([sh.indices, sh.skipped]))
         if not np.array_equal(seen, np.arange(start, stop)):
-            raise ValueError(f"{path}: does not cover dataset indices [{start}, {stop}) exactly once")
+            raise UnreadableDataError(f"{path}: does not cover dataset indices [{start}, {stop}) exactly once")
         if len(sh.indices) and (sh.codes.shape[1:] != (num_aug, num_tokens) or int(sh.codes.max()) >= vocab_size):
-            raise ValueError(f"{path}: codes {tuple(sh.codes.shape)} (max {int(sh.codes.max())}) do not match "
+            raise UnreadableDataError(f"{path}: codes {tuple(sh.codes.shape)} (max {int(sh.codes.max())}) do not match "
                              f"({num_aug}, {num_tokens}) tokens in a vocabulary of {vocab_size}")
         entries.append({"file": path.name, "start": start, "stop": stop, "count": int(len(sh.indices)),
                         "skipped": int(len(sh.skipped))})

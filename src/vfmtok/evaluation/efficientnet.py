@@ -142,18 +142,17 @@ def load_efficientnet_lite0(path: str | os.PathLike | None = None) -> EfficientN
     ``path``: a ``.pth`` (``torch.load``-able state dict) or ``.safetensors`` file (default:
     :func:`default_weights_path`).
     """
-    from ..hub import ModelLoadError, check_state_dict, load_state_dict
+    from ..hub import ModelLoadError, check_state_dict, load_state_dict, torch_load_weights
 
     path = Path(path) if path is not None else default_weights_path()
     if not path.is_file():
         raise FileNotFoundError(f"EfficientNet-Lite0 weights not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            state = load_state_dict(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"{path}: cannot read EfficientNet-Lite0 weights ({type(e).__name__}: {e})") from None
+    if path.suffix == ".safetensors":
+        state = load_state_dict(path)
+    else:
+        state = torch_load_weights(path, "EfficientNet-Lite0 weights file")
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
     net = EfficientNetLite0()
     expected = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
     got = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}

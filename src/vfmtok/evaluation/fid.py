@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -225,7 +227,7 @@ class ReferenceStats:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"reference statistics not found: {path}")
-        with np.load(path, allow_pickle=False) as z:
+        with _load_npz(path) as z:
             if "mu" not in z or "sigma" not in z:
                 raise ValueError(f"{path}: not a statistics file (no 'mu' / 'sigma' arrays; keys: {sorted(z.files)})")
             n = int(z["n"]) if "n" in z else -1
@@ -240,12 +242,22 @@ class ReferenceStats:
         return cls(extractor=extractor, pool=pool, spatial=spatial, feats=feats, meta=meta)
 
 
+def _load_npz(path: Path) -> Any:
+    """``np.load`` of an ``.npz`` (no pickles); a truncated or corrupt file raises ``UnreadableDataError`` naming it."""
+    from ..data.datasets import UnreadableDataError
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+        raise UnreadableDataError(f"{path}: truncated or corrupt .npz file ({type(e).__name__}: {e})") from None
+
+
 def is_stats_file(path: str | os.PathLike) -> bool:
     """True when ``path`` is an ``.npz`` holding ``mu`` and ``sigma`` and no images. (ADM reference batches hold
     both; their images are used, so that precision/recall and a same-network FD are possible.)"""
     path = Path(path)
     if path.suffix != ".npz" or not path.is_file():
         return False
-    with np.load(path, allow_pickle=False) as z:
+    with _load_npz(path) as z:
         files = set(z.files)
     return {"mu", "sigma"} <= files and not files & {"arr_0", "images"}

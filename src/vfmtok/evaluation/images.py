@@ -45,16 +45,30 @@ def _read_npy_header(f: object) -> tuple[tuple[int, ...], bool, np.dtype]:
     return np.lib.format._read_array_header(f, version)  # noqa: SLF001 - format 3.0 has no public reader
 
 
+def open_npz(path: str | os.PathLike) -> zipfile.ZipFile:
+    """Open an ``.npz`` as a zip file; a truncated or corrupt one raises ``UnreadableDataError`` naming it."""
+    from ..data.datasets import UnreadableDataError
+
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, EOFError, ValueError) as e:
+        raise UnreadableDataError(f"{path}: truncated or corrupt .npz file ({type(e).__name__}: {e})") from None
+
+
 def npz_has_images(path: str | os.PathLike) -> bool:
-    with zipfile.ZipFile(path) as zf:
+    with open_npz(path) as zf:
         names = set(zf.namelist())
     return any(f"{k}.npy" in names for k in NPZ_IMAGE_KEYS)
 
 
 def iter_npz_images(path: str | os.PathLike, batch_size: int, limit: int | None = None) -> Iterator[np.ndarray]:
     """Stream uint8 (b, H, W, 3) batches from the image array of an ``.npz`` (compressed or not)."""
+    import zlib
+
+    from ..data.datasets import UnreadableDataError
+
     path = Path(path)
-    with zipfile.ZipFile(path) as zf:
+    with open_npz(path) as zf:
         member = _npz_image_member(zf, path)
         with zf.open(member) as f:
             shape, fortran, dtype = _read_npy_header(f)
@@ -64,14 +78,18 @@ def iter_npz_images(path: str | os.PathLike, batch_size: int, limit: int | None 
             per_image = int(np.prod(shape[1:]))
             for start in range(0, n, batch_size):
                 b = min(batch_size, n - start)
-                buf = f.read(b * per_image)
+                try:
+                    buf = f.read(b * per_image)
+                except (zipfile.BadZipFile, zlib.error, EOFError) as e:  # a CRC or inflate error mid-file
+                    raise UnreadableDataError(f"{path}:{member}: corrupt array data ({type(e).__name__}: {e})") \
+                        from None
                 if len(buf) != b * per_image:
-                    raise ValueError(f"{path}:{member}: truncated array data")
+                    raise UnreadableDataError(f"{path}:{member}: truncated array data")
                 yield np.frombuffer(buf, dtype=np.uint8).reshape(b, *shape[1:])
 
 
 def npz_num_images(path: str | os.PathLike) -> int:
-    with zipfile.ZipFile(path) as zf:
+    with open_npz(path) as zf:
         with zf.open(_npz_image_member(zf, Path(path))) as f:
             return int(_read_npy_header(f)[0][0])
 

@@ -295,14 +295,11 @@ def load_fid_inception(path: str | os.PathLike | None, device: str | torch.devic
     and ``vfmtok.hub.ModelLoadError`` naming missing / unexpected keys or shape mismatches. ``num_batches_tracked``
     buffers are optional (pytorch-fid's file has none).
     """
-    from ..hub import ModelLoadError, check_state_dict
+    from ..hub import ModelLoadError, check_state_dict, torch_load_weights
 
     if path is None or not Path(path).is_file():
         raise FIDWeightsNotFoundError(_missing_weights_message(path))
-    try:
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt or foreign files all end here
-        raise ModelLoadError(f"{path}: cannot read Inception weights ({type(e).__name__}: {e})") from None
+    state = torch_load_weights(path, "Inception FID weights file")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -260,15 +260,27 @@ def _read_numpy_pickle(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LPIPS trunk weights not found: {path}")
+    from ..hub import ModelLoadError
+
     with path.open("rb") as f:
-        return _NumpyOnlyUnpickler(f).load()
+        try:
+            return _NumpyOnlyUnpickler(f).load()
+        except pickle.UnpicklingError as e:
+            if "refusing" in str(e):  # a pickled object other than numpy arrays: it could run code
+                raise ModelLoadError(f"{path}: LPIPS trunk weights: {e}, which could run code") from None
+            raise ModelLoadError(f"{path}: truncated or corrupt LPIPS trunk weights ({e})") from None
+        except (EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+            raise ModelLoadError(f"{path}: truncated or corrupt LPIPS trunk weights ({type(e).__name__}: {e})") \
+                from None
 
 
 def _read_torch_state(path: str | os.PathLike) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LPIPS linear-layer weights not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    from ..hub import torch_load_weights
+
+    return torch_load_weights(path, "LPIPS linear-layer weights file")
 
 
 def _package_dir(name: str) -> Path | None:

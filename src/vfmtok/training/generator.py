@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from ..config import ConfigBase, ConfigError
 from ..data.tokens import CodeDataset
 from ..generator import GPT, GPTConfig, gpt_preset
-from .checkpoint import check_resume_config, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import check_resume_config, load_latest_checkpoint, save_checkpoint
 from .distributed import (DistInfo, all_reduce_sum, barrier, fsdp_full_state, full_state_dict,
                           init_distributed, is_fsdp, load_optimizer_state, optimizer_state, wrap_model)
 from .ema import EMA, _unwrap
@@ -220,10 +220,10 @@ class _Trainer:
         barrier()
 
     def resume(self) -> int:
-        ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is None:
+        found = load_latest_checkpoint(self.run_dir)  # falls back past a damaged newest checkpoint, saying so
+        if found is None:
             return 0
-        data = load_checkpoint(ckpt.path)
+        ckpt, data = found
         if self.ema is not None:
             if data["ema"] is None:
                 raise ConfigError(f"{ckpt.path} has no EMA weights but the recipe sets ema=true")

@@ -20,11 +20,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..config import ConfigError
 from ..data import collate_images
-from ..hub import ModelLoadError
+from ..hub import ModelLoadError, write_training_record
 from ..losses.lpips import load_lpips
 from ..tokenizer.model import VFMTokenizer
 from . import tokenizer_setup as setup
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import load_latest_checkpoint, save_checkpoint
 from .distributed import (DistInfo, all_reduce_sum, barrier, fsdp_full_state, full_state_dict,
                           is_fsdp, load_optimizer_state, optimizer_state, wrap_model)
 from .ema import EMA, _unwrap
@@ -207,10 +207,10 @@ class Trainer:
         barrier()
 
     def resume(self) -> int:
-        ckpt = latest_checkpoint(self.run_dir)
-        if ckpt is None:
+        found = load_latest_checkpoint(self.run_dir)  # falls back past a damaged newest checkpoint, saying so
+        if found is None:
             return 0
-        data = load_checkpoint(ckpt.path)
+        ckpt, data = found
         load_model_state(self.model, data["ema"], f"{ckpt.path}/ema.safetensors")
         self.ema = EMA(self.model, self.cfg.ema_decay)  # shadows = the EMA weights (local shards under FSDP)
         load_model_state(self.model, data["model"], f"{ckpt.path}/model.safetensors")
@@ -247,6 +247,10 @@ class Trainer:
             tmp = self.run_dir / ".final.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             tok.save_pretrained(tmp)
+            write_training_record(tmp, {  # what the weights are good for: reconstruct / regions read it
+                "trained": True, "source": "vfmtok train-tokenizer", "run": str(self.run_dir), "data": self.cfg.data,
+                "image_size": self.model_config.image_size, "steps": self.cfg.total_steps,
+                "metrics": {k: v for k, v in self.metrics.items() if k.startswith("val/")}})
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
         barrier()
