@@ -2,6 +2,7 @@
 # The CIFAR-10 evidence pipeline of issue 8, end to end, in one go (see experiments/cifar10/README.md).
 #
 # Usage: experiments/cifar10/run.sh OUT_DIR        (run from anywhere; paths are resolved against the repository)
+#        experiments/cifar10/run.sh --pack OUT_DIR  (only pack OUT_DIR/results.tar.gz, e.g. over several runs)
 #
 # Four chains, one per tokenizer, run concurrently (PARALLEL=0 runs them one after the other):
 #   vfm      (a) VFMTok: bundled DINOv2-S frozen, deformable anchors, semantic reconstruction  (TOK_CONFIG)
@@ -43,7 +44,9 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 SELF="$REPO/experiments/cifar10/run.sh"
 HERE="$REPO/experiments/cifar10"
 
-if [ "${1:-}" = "--chain" ]; then MODE=chain; CHAIN=$2; shift 2; else MODE=main; fi
+if [ "${1:-}" = "--chain" ]; then MODE=chain; CHAIN=$2; shift 2
+elif [ "${1:-}" = "--pack" ]; then MODE=pack; shift
+else MODE=main; fi
 if [ $# -ne 1 ]; then echo "usage: $0 OUT_DIR" >&2; exit 2; fi
 mkdir -p "$1" && RUN=$(cd "$1" && pwd)  # not $OUT: the caller may use that name
 cd "$REPO" || exit 2
@@ -191,6 +194,7 @@ pack() {
 
 # ------------------------------------------------------------------------------------------------------------ main
 if [ "$MODE" = chain ]; then chain "$CHAIN"; fi
+if [ "$MODE" = pack ]; then pack; exit $?; fi
 
 if [ -z "${DATA:-}" ] || [ ! -d "$DATA/train" ] || [ ! -d "$DATA/test" ]; then
   echo "run.sh: DATA must name an ImageFolder root with train/ and test/ (got '${DATA:-}'); see unpack_inputs.py" >&2

@@ -7,7 +7,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import re
+import shutil
+import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +105,101 @@ def test_anchor_script_writes_json_and_figures(tmp_path: Path) -> None:
         assert (out / fig).stat().st_size > 1000
     assert anchors.main(["--tokenizer", str(tmp_path / "tok"), "--data", str(data), "--out", str(out),
                          "--tokens", "99"]) == 2
+
+
+def _issue8_tests():
+    spec = importlib.util.spec_from_file_location("test_cifar10_for_compression", Path(__file__).parent / "test_cifar10.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# ---------------------------------------------------------------------------------------------------- report
+def test_claim_verdicts_per_seed_from_toy_results(tmp_path: Path) -> None:
+    """Two seeds of the issue-8 toy results ((a) FDs from a progress file, (c) from a killed evaluation's log, (d) from
+    gpt_eval.json): a claim held by one seed only is "mixed", a missing number makes it "not tested"."""
+    report, toy = _module("report"), _issue8_tests()
+    for s in (0, 1):
+        toy._toy_results(tmp_path / "res" / f"seed{s}", ema_decay=0.99)
+    tok = tmp_path / "res" / "seed1" / "chains" / "vfm" / "eval" / "tokenizer.json"
+    ev = json.loads(tok.read_text())
+    ev["metrics"]["distribution"]["efficientnet-lite0"]["reconstruction"] = 5.0  # seed 1: (a) reconstructs better
+    tok.write_text(json.dumps(ev))
+    verdicts = report.claim_verdicts(report.load_seeds(tmp_path / "res"))
+    assert {k: v for k, (v, _) in verdicts.items()} == {1: "mixed", 2: "mixed", 3: "not held", 4: "not tested"}
+    assert verdicts[1][1][1] == ("seed 1: rFD-EffNet 5.00 vs 10.00, final gFD-EffNet (no CFG) 30.00 vs 44.00")
+    assert verdicts[3][1][0] == "seed 0: speed-up ≥ 2.00"  # (a) at (d)'s final FD by its first checkpoint
+    page = report.write_report(tmp_path / "res", tmp_path / "doc" / "c.md").read_text()
+    assert "No seed has an anchor measurement yet." in page and "| (c+) grid 256 | not run |" in page
+
+
+# ---------------------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bash") is None, reason="run.sh needs bash")
+def test_compression_run_two_calls_and_report(tmp_path: Path) -> None:
+    """run.sh at toy size on CPU, as on the GPU machine: a first call without the evaluation weights (tokenizers only,
+    both seeds), a second with them (resumes: evaluation, codes, GPTs, FDs, anchors), then report.py on the unpacked
+    results.tar.gz. Chains (a) and (c+) of the five (the others are the chains of issue 8's test), tok-test at 112 px
+    (8 x 8 features, 16 tokens; (c+): 64). About 4 minutes on 2 busy cores (two calls x two seeds x two chains)."""
+    from vfmtok.evaluation.efficientnet import EfficientNetLite0
+    from vfmtok.hub import save_state_dict
+
+    data = tmp_path / "data"
+    for split, n in (("train", 8), ("test", 4)):
+        _images(data / split, n)
+    cache = tmp_path / "cache"
+    _issue8_tests()._fake_bundled_cache(cache)
+    torch.manual_seed(0)
+    effnet = tmp_path / "effnet.safetensors"
+    save_state_dict(EfficientNetLite0().state_dict(), effnet)
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "VFMTOK_EFFICIENTNET_WEIGHTS"},
+        "PYTHONPATH": str(REPO / "src"), "PYTHON": sys.executable, "DATA": str(data), "VFMTOK_CACHE": str(cache),
+        "DEVICE": "cpu", "SEEDS": "0 1", "CHAINS": "vfm gridfull", "TOK_CONFIG": "configs/tokenizer/test.yaml",
+        "GRIDFULL_SIDE": "8",
+        "TOK_EXTRA": "model.backbone.input_size=112", "TOK_STEPS": "2", "TOK_BATCH": "4", "TOK_NUM_VAL": "4",
+        "TOK_EMA": "0.5", "GPT_CONFIG": "configs/gpt/test.yaml", "GPT_STEPS": "4", "GPT_CKPTS": "2", "GPT_EVALS": "2",
+        "GPT_EMA": "0.5", "NUM_SAMPLES": "6", "SAMPLE_BATCH": "4", "EVAL_NUM": "6", "EVAL_BATCH": "8",
+        "PROBE_NUM": "12", "LPIPS": "0", "WORKERS": "0", "FLOOR_NUM": "6", "THREADS": "1", "VFM_SIZE": "56",
+        "ANCHOR_NUM": "4",
+    }
+    out = tmp_path / "out"
+    cmd = ["bash", str(EXP / "run.sh"), str(out)]
+    first = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    timing = (out / "timing.log").read_text()
+    assert "TOK_ONLY=1" in timing
+    for s in (0, 1):
+        for c in ("vfm", "gridfull"):
+            chain = out / f"seed{s}" / "chains" / c
+            assert (chain / "tok" / "final" / "model.safetensors").is_file(), (chain / "chain.log").read_text()[-2000:]
+            assert not (chain / "eval").exists()
+        assert json.loads((out / f"seed{s}" / "chains" / "vfm" / "tok_info.json").read_text())["recipe"]["seed"] == s
+        train = json.loads((out / f"seed{s}" / "chains" / "vfm" / "tok" / "train_config.json").read_text())
+        assert train["seed"] == s and train["model"]["backbone"]["input_size"] == 112
+    full = json.loads((out / "seed0" / "chains" / "gridfull" / "tok" / "final" / "config.json").read_text())
+    assert full["anchor_grid"] == 8 and full["quantization"] == "grid"
+
+    env2 = {**env, "VFMTOK_EFFICIENTNET_WEIGHTS": str(effnet)}
+    second = subprocess.run(cmd, check=False, env=env2, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    for s in (0, 1):
+        t = (out / f"seed{s}" / "timing.log").read_text()
+        assert "vfm: tokenizer skipped" in t and "gpt-eval done" in t, t
+    results = tmp_path / "results"
+    with tarfile.open(out / "results.tar.gz") as tar:
+        tar.extractall(results, filter="data")
+    assert not list(results.rglob("*.safetensors"))
+    ev = json.loads((results / "seed1" / "chains" / "gridfull" / "gpt_eval.json").read_text())
+    assert ev["checkpoint_steps"] == [2, 4] and len(ev["entries"]) == 4
+    anchors = json.loads((results / "seed0" / "chains" / "vfm" / "anchors" / "anchors.json").read_text())
+    assert anchors["num_images"] == 4 and anchors["num_tokens"] == 16
+
+    report = _module("report")
+    page = report.write_report(results, tmp_path / "doc" / "cifar10-compression.md").read_text()
+    assert "## Seed 0" in page and "## Seed 1" in page and "## Anchors" in page
+    assert "| (c+) grid 256 | 64 |" in page and "| (b) no semantic | not run |" in page
+    verdicts = dict(re.findall(r"^(\d)\. \*.+?\*: \*\*(.+?)\*\*", page, flags=re.MULTILINE))
+    assert verdicts == {"1": "not tested", "2": "not tested", "3": "not tested", "4": verdicts["4"]}  # no (c), (d)
+    for fig in ("seed0-anchors-tokens.png", "seed1-anchors-displacement.png", "seed0-fd-efficientnet-lite0.png"):
+        assert (tmp_path / "doc" / "cifar10-compression" / fig).is_file() and f"cifar10-compression/{fig}" in page
