@@ -114,6 +114,34 @@ def _issue8_tests():
     return mod
 
 
+# ---------------------------------------------------------------------------------------------------- staging
+def test_unpack_takes_any_subset_of_the_staged_files(tmp_path: Path) -> None:
+    """The first call carries the data (+ DINOv2) only, later calls the evaluation weights only."""
+    def c10(name: str):
+        spec = importlib.util.spec_from_file_location(f"c10_{name}", REPO / "experiments" / "cifar10" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    stage, unpack = c10("stage_inputs"), c10("unpack_inputs")
+    src = tmp_path / "src"
+    for split in ("train", "test"):
+        _images(src / split, 2)
+    with tarfile.open(tmp_path / "c.tar.gz", "w:gz") as tar:
+        for split in ("train", "test"):
+            tar.add(src / split, arcname=split)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    stage.recompress_tar(tmp_path / "c.tar.gz", inputs / stage.DATA_NAME, preset=0)
+    assert unpack.main([str(inputs), str(tmp_path / "dest")]) == 0
+    env = (tmp_path / "dest" / "env.sh").read_text()
+    assert f"DATA={tmp_path / 'dest' / 'data'}" in env and "EFFICIENTNET" not in env and "VFMTOK_CACHE" not in env
+    assert len(list((tmp_path / "dest" / "data" / "test").rglob("*.png"))) == 2
+    (tmp_path / "empty").mkdir()
+    assert unpack.main([str(tmp_path / "empty"), str(tmp_path / "dest2")]) == 2
+    assert stage.main(["--only", "data,weights", "--out", str(tmp_path / "x")]) == 2
+
+
 # ---------------------------------------------------------------------------------------------------- report
 def test_claim_verdicts_per_seed_from_toy_results(tmp_path: Path) -> None:
     """Two seeds of the issue-8 toy results ((a) FDs from a progress file, (c) from a killed evaluation's log, (d) from
