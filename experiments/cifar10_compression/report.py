@@ -120,8 +120,8 @@ def claim_verdicts(seeds: dict[int, dict[str, Any]]) -> dict[int, tuple[str, lis
         if cfgs:
             f2 = final_fd(chains["vfm"], EFF, cfgs[-1])
         ok = None if f1 is None or f2 is None or gated else f1 <= CFG_RATIO * f2
-        per[4].append((ok, f"seed {s}: no CFG {c10.fmt(f1)} vs CFG {c10.fmt(cfgs[-1] if cfgs else None, 1)} "
-                           f"{c10.fmt(f2)}"))
+        cfg_text = f"CFG {cfgs[-1]:g} {c10.fmt(f2)}" if cfgs else "CFG not evaluated"
+        per[4].append((ok, f"seed {s}: final FD-EffNet no CFG {c10.fmt(f1)} vs {cfg_text}"))
         if gated:
             for k in per:
                 per[k][-1] = (None, per[k][-1][1] + f" ({gated})")
@@ -244,6 +244,11 @@ def write_report(root: Path, out: Path, notes: Path | None = None) -> Path:
             fig = c10.plot_fd(res, e, cfgs, num, figdir / f"seed{s}-fd-{e}.png")
             if fig is not None:
                 md += [f"![FD {e} seed {s}]({rel}/{fig.name})", ""]
+        marked = [(n, ch["gpt_eval_source"]) for n, ch in res["chains"].items()
+                  if ch["gpt_eval_source"] in c10.SOURCE_NOTE]
+        if marked:
+            md += ["Marked chains: " + "; ".join(f"{c10.SOURCE_NOTE[src][0]} {c10.SHORT[n]}: sample FDs "
+                                                 f"{c10.SOURCE_NOTE[src][1]}" for n, src in marked) + ".", ""]
         for other in ("cnn", "grid", "nosem"):
             text, _ = c10.speedup(c10.fd_curve(res["chains"][other], EFF, 1.0),
                                   c10.fd_curve(res["chains"]["vfm"], EFF, 1.0))

@@ -159,6 +159,7 @@ def test_claim_verdicts_per_seed_from_toy_results(tmp_path: Path) -> None:
     assert verdicts[3][1][0] == "seed 0: speed-up ≥ 2.00"  # (a) at (d)'s final FD by its first checkpoint
     page = report.write_report(tmp_path / "res", tmp_path / "doc" / "c.md").read_text()
     assert "No seed has an anchor measurement yet." in page and "| (c+) grid 256 | not run |" in page
+    assert "Marked chains: † (a) VFMTok: sample FDs from the progress file" in page  # (a) of seed 0 and 1
 
 
 # ---------------------------------------------------------------------------------------------------- end to end
