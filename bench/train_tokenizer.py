@@ -12,6 +12,15 @@ EMA) on random images with the official architecture (DINOv2-L/14-reg4-shaped ba
     python bench/train_tokenizer.py                          # official, bf16, batch 32, on cuda
     python bench/train_tokenizer.py --lpips --batch-size 16  # with the LPIPS-VGG term (needs the lpips packages)
     python bench/train_tokenizer.py --preset tok-test --image-size 0 --device cpu --precision fp32 --steps 3
+
+``--config RECIPE.yaml`` takes the model, losses and precision from a training recipe instead of ``--preset``, with
+``--set KEY=VALUE`` overrides as on ``vfmtok train-tokenizer``'s command line (``model.KEY=VALUE`` for the model;
+``backbone_weights`` is forced to ``random``); ``--label`` names the case in the output. A tokenizer without a VFM
+(``encoder_type=cnn``) runs the ``live`` case only. The issue-15 pilot
+(``experiments/cifar10_compression/pilot.sh``) runs its five tokenizers this way:
+
+    python bench/train_tokenizer.py --config configs/tokenizer/cifar10-compression.yaml --set model.quantization=grid \
+        --batch-size 256 --label grid
 """
 
 from __future__ import annotations
@@ -59,21 +68,33 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--lpips", action="store_true", help="include the LPIPS-VGG term (official weight 1)")
     p.add_argument("--cases", default="live,cached,cached_host,backbone")
+    p.add_argument("--config", help="a tokenizer training recipe (YAML/JSON) instead of --preset / --image-size")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides (with --config)")
+    p.add_argument("--label", default="", help="name of this configuration in the output")
     args = p.parse_args()
 
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    cfg = TokenizerTrainConfig(preset=args.preset, image_size=args.image_size, batch_size=args.batch_size,
-                               precision=args.precision, lpips_weight=1.0 if args.lpips else 0.0)
+    if args.config:
+        from pathlib import Path
+
+        from vfmtok.cli.train_tokenizer import load_recipe
+
+        cfg = load_recipe(Path(args.config), [*args.set, "backbone_weights=random"], None)
+        cfg = cfg.replace(batch_size=args.batch_size, precision=args.precision,
+                          lpips_weight=1.0 if args.lpips else cfg.lpips_weight)
+    else:
+        cfg = TokenizerTrainConfig(preset=args.preset, image_size=args.image_size, batch_size=args.batch_size,
+                                   precision=args.precision, lpips_weight=1.0 if args.lpips else 0.0)
     model_cfg = resolve_model_config(cfg)
     torch.manual_seed(0)
     tok = VFMTokenizer(model_cfg).to(device).train()
     params = [q for q in tok.parameters() if q.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, fused=True if device.type == "cuda" else None)
     lpips = None
-    if args.lpips:
+    if cfg.lpips_weight > 0:
         from vfmtok.losses.lpips import load_lpips
 
         lpips = load_lpips("vgg").to(device)
@@ -81,8 +102,13 @@ def main() -> None:
     s = model_cfg.image_size
     x = torch.rand(args.batch_size, 3, s, s, device=device) * 2 - 1
     bf16 = device.type == "cuda" and args.precision == "bf16"
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-        out = tok.backbone(x)  # cached features are stored as float16, as the feature cache does
+    cases_asked = args.cases.split(",")
+    if not tok.has_backbone:  # encoder_type=cnn: nothing frozen to cache
+        cases_asked = [c for c in cases_asked if c == "live"]
+        out = BackboneOutput([torch.zeros(1, 1, 1, 1, device=device)], torch.zeros(1, 1, 1, device=device))
+    else:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            out = tok.backbone(x)  # cached features are stored as float16, as the feature cache does
     feats = BackboneOutput([lvl.half() for lvl in out.levels], out.target.half())
     host = BackboneOutput([lvl.cpu().pin_memory() if device.type == "cuda" else lvl.cpu() for lvl in feats.levels],
                           None)
@@ -108,13 +134,13 @@ def main() -> None:
         "backbone": lambda: tok.backbone(x),
     }
     info = {
-        "bench": "train_tokenizer", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "preset": args.preset, "image_size": s, "batch_size": args.batch_size,
+        "bench": "train_tokenizer", "label": args.label or args.preset, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__, "preset": model_cfg.preset, "num_tokens": model_cfg.num_tokens, "image_size": s, "batch_size": args.batch_size,
         "precision": args.precision, "lpips": args.lpips,
         "trainable_params_m": round(tok.num_trainable_params() / 1e6, 2),
         "cache_mb_per_image": round(sum(lvl[0].numel() * 2 for lvl in feats.levels) / 2**20, 3),
     }
-    for name in args.cases.split(","):
+    for name in cases_asked:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=name == "backbone" and bf16):

