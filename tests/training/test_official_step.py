@@ -212,7 +212,8 @@ def test_official_training_step(phase, official, lpips_net, tmp_path, one_thread
         assert all(g is not None and not g.any() for g in disc_grads.values()), "before: non-zero disc gradient"
     else:
         prefix = f"{phase}/grad/disc/"
-        official_d = convert_official_dino_disc({k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)})
+        official_d = convert_official_dino_disc(
+            {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)})
         _compare_grads(phase, "disc", disc_grads, official_d, report)
     # --- the spectral-norm vectors the step's five discriminator forwards leave behind ---
     prefix = f"{phase}/disc_state/"

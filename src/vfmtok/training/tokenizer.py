@@ -8,13 +8,18 @@ Generator objective of one step (reference §2.1), every weight a field of :clas
     L_D = [step >= disc_start] * disc_weight * D_loss(D(x), D(sg x_rec))
 
 Deliberate differences from the official ``vq_train.py``, each a fix of a bug the reference lists (§2, §6.9):
-no discriminator compute at all before ``disc_start`` (official: computed, multiplied by 0, which advances the
-discriminator's spectral-norm vectors and Adam step count: ``disc_before_start=True`` restores it); ``codebook_weight`` and
-``weight_decay`` (adamw) are applied (official: parsed, ignored); gradient accumulation works; the quantizer runs in
-fp32 under bf16 autocast; the data order is reshuffled every epoch and is a pure function of the step, and every RNG
-is re-seeded per step from (seed, step, rank), so a run resumed from any checkpoint continues bit-identically (the
-official resume rounds to epochs and seeds numpy from the PID). The official LR schedule is warm-up then *constant*
-(its cosine has lr_min = lr): ``schedule="constant"``.
+no discriminator compute at all before ``disc_start`` (official: computed, multiplied by 0, which still advances the
+discriminator's spectral-norm vectors and Adam step count; ``disc_before_start=True`` restores it); LPIPS never runs
+its dropout (official: ``VQLoss.train()`` turns on LPIPS's ``Dropout(0.5)``, a random perceptual loss);
+``codebook_weight`` and ``weight_decay`` (adamw) are applied (official: parsed, ignored); gradient accumulation works;
+the quantizer runs in fp32 under bf16 autocast; the data order is reshuffled every epoch and is a pure function of the
+step, and every RNG is re-seeded per step from (seed, step, rank), so a run resumed from any checkpoint continues
+bit-identically (the official resume rounds to epochs and seeds numpy from the PID). The official LR schedule is
+warm-up then *constant* (its cosine has lr_min = lr): ``schedule="constant"``.
+
+With ``disc_before_start=True`` and ``disc_features="dino-vits16"`` one :func:`generator_backward` +
+:func:`discriminator_backward` reproduces the official step's losses and gradients
+(``tests/training/test_official_step.py``, docs/training-fidelity.md).
 """
 
 from __future__ import annotations
