@@ -212,3 +212,30 @@ def test_convert_official_cli(fixtures_dir, tmp_path, converted):
     rc = cli_main(["convert-official", "--tokenizer", str(fixtures_dir / "tokenizer.pt"),
                    "--dinov2", str(fixtures_dir / "dinov2.pth"), "--out", str(tmp_path / "bad")])
     assert rc == 2
+
+
+def test_official_dino_discriminator_converters():
+    from vfmtok.backbones.dinov2 import DinoV2Backbone
+    from vfmtok.convert.official_vfmtok import convert_dino_vits16, convert_official_dino_disc, dino_vits16_config
+    from vfmtok.losses.discriminator import DinoDiscConfig, DinoDiscriminator, vit_token_features
+
+    # the official hook-based spectral-norm names map onto ours
+    state = {"heads.0.0.0.weight_orig": torch.ones(2, 2, 1), "heads.0.0.0.weight_u": torch.ones(2),
+             "heads.0.0.0.weight_v": torch.ones(2), "module.heads.0.0.1.bias": torch.zeros(2)}
+    assert sorted(convert_official_dino_disc(state)) == [
+        "heads.0.0.0.parametrizations.weight.0._u", "heads.0.0.0.parametrizations.weight.0._v",
+        "heads.0.0.0.parametrizations.weight.original", "heads.0.0.1.bias"]
+    # a DINO ViT-S/16 layout (timm names, no mask token, a classifier head) loads strictly; key biases zeroed
+    cfg = dino_vits16_config(embed_dim=16, depth=3, num_heads=2)
+    src = {k: torch.randn_like(v) for k, v in DinoV2Backbone(cfg).state_dict().items() if k != "mask_token"}
+    src["head.weight"] = torch.zeros(3, 16)
+    vit = DinoV2Backbone(cfg)
+    vit.load_pretrained_state_dict(convert_dino_vits16(src))
+    bias = vit.blocks[0].attn.qkv.bias
+    assert not bias[16:32].any() and torch.equal(bias[:16], src["blocks.0.attn.qkv.bias"][:16])
+    assert vit.config.mlp_act == "gelu_tanh" and vit.blocks[0].mlp.approximate == "tanh"
+    disc = DinoDiscriminator(DinoDiscConfig(feature_dims=(16,) * 3, input_size=224, crop_prob=0.0),
+                             vit_token_features(vit, (0, 2)))
+    assert disc(torch.rand(1, 3, 336, 336) * 2 - 1).shape == (1, 3 * 196)
+    with pytest.raises(ModelLoadError, match="cls_token"):
+        convert_dino_vits16({"blocks.0.norm1.weight": torch.ones(16)})

@@ -16,6 +16,7 @@ from vfmtok.losses.discriminator import (
     DinoDiscriminator,
     PatchGANConfig,
     PatchGANDiscriminator,
+    SpectralNorm,
     backbone_token_features,
     vit_token_features,
 )
@@ -156,9 +157,41 @@ def test_vit_token_features_on_the_dinov2_backbone() -> None:
     # the first reading is patch tokens (+ positions) plus the CLS token
     tokens = vit.prepare_tokens(vit.preprocess(x))
     torch.testing.assert_close(levels[0], tokens[:, 5:] + tokens[:, :1])
+    # official reading: inputs outside [-1, 1] are not clamped (reconstructions are unbounded)
+    wide = x.detach() * 3
+    t_wide = vit.prepare_tokens(vit.preprocess(wide))  # the VFM path clamps
+    assert not torch.allclose(feats(wide)[0], t_wide[:, 5:] + t_wide[:, :1], atol=1e-3)
     d = DinoDiscriminator(DinoDiscConfig(feature_dims=(32,) * 3, input_size=0), feats)
     d(x).mean().backward()
     assert x.grad.abs().sum() > 0
     assert all(p.grad is None for p in vit.parameters())
     with pytest.raises(ValueError, match="4 blocks"):
         vit_token_features(vit, depths=(2, 5))
+
+
+def test_spectral_norm_follows_the_hook_based_update_order() -> None:
+    """Same sigma as ``torch.nn.utils.spectral_norm`` (the official heads) from the same u, v, forward after forward
+    in training mode, and the same gradient; eval mode uses the stored vectors."""
+    torch.manual_seed(0)
+    ref = nn.Conv1d(6, 5, 3, padding=1)
+    ours = nn.Conv1d(6, 5, 3, padding=1)
+    ours.load_state_dict(ref.state_dict())
+    nn.utils.spectral_norm(ref)  # hook-based: weight_orig, weight_u, weight_v
+    nn.utils.parametrize.register_parametrization(ours, "weight", SpectralNorm(ours.weight))
+    sn = ours.parametrizations.weight[0]
+    sn._u.copy_(ref.weight_u)
+    sn._v.copy_(ref.weight_v)  # far from converged: the update order matters
+    x = torch.randn(2, 6, 7)
+    for _ in range(3):
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(sn._u, ref.weight_u, rtol=1e-6, atol=1e-6)
+    ours(x).square().sum().backward()
+    ref(x).square().sum().backward()
+    torch.testing.assert_close(ours.parametrizations.weight.original.grad, ref.weight_orig.grad, rtol=1e-5,
+                               atol=1e-6)
+    ours.eval()
+    u = sn._u.clone()
+    ours(x)
+    assert torch.equal(sn._u, u)
+    assert {"parametrizations.weight.original", "parametrizations.weight.0._u",
+            "parametrizations.weight.0._v"} <= set(ours.state_dict())

@@ -39,6 +39,7 @@ class BackboneConfig(ConfigBase):
     num_heads: int = 16
     mlp_ratio: float = 4.0
     ffn: str = "mlp"  # "mlp" (GELU) or "swiglu" (ViT-g/14)
+    mlp_act: str = "gelu"  # "mlp" FFN activation: "gelu" (exact, DINOv2) | "gelu_tanh" (DINO v1 ViT as timm builds it)
     patch_size: int = 14
     pos_embed_size: int = 518  # image size the position table was trained at (37 x 37 patches)
     num_register_tokens: int = 4
@@ -60,6 +61,8 @@ class BackboneConfig(ConfigBase):
     library_config: str = ""
 
     def __post_init__(self) -> None:
+        if self.mlp_act not in ("gelu", "gelu_tanh"):
+            raise ValueError(f"BackboneConfig.mlp_act must be 'gelu' or 'gelu_tanh', got {self.mlp_act!r}")
         if len(self.tap_norm) != len(self.taps):
             raise ValueError(f"BackboneConfig: tap_norm has {len(self.tap_norm)} entries, taps has {len(self.taps)}")
         if self.input_size % self.patch_size:

@@ -84,15 +84,16 @@ class LayerScale(nn.Module):
 
 
 class Mlp(nn.Module):
-    """fc1 -> exact (erf) GELU -> fc2."""
+    """fc1 -> GELU (exact erf by default; ``approximate="tanh"`` for DINO v1 ViTs) -> fc2."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, approximate: str = "none") -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
+        self.approximate = approximate
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(F.gelu(self.fc1(x), approximate=self.approximate))
 
 
 class SwiGLUFFN(nn.Module):
@@ -119,7 +120,8 @@ class Block(nn.Module):
         self.ls1 = LayerScale(d) if config.layerscale else nn.Identity()
         self.norm2 = nn.LayerNorm(d, eps=config.ln_eps)
         if config.ffn == "mlp":
-            self.mlp: nn.Module = Mlp(d, int(d * config.mlp_ratio))
+            act = "tanh" if config.mlp_act == "gelu_tanh" else "none"
+            self.mlp: nn.Module = Mlp(d, int(d * config.mlp_ratio), act)
         elif config.ffn == "swiglu":
             self.mlp = SwiGLUFFN(d, swiglu_hidden_dim(d, config.mlp_ratio))
         else:

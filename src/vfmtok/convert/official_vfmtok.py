@@ -182,6 +182,58 @@ def load_official_checkpoint(path: str | os.PathLike, entry: str | None = None) 
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# the official DINO discriminator (vfmtok/discriminator/discriminator_dino.py)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def dino_vits16_config(embed_dim: int = 384, depth: int = 12, num_heads: int = 6) -> BackboneConfig:
+    """The official discriminator's frozen network, ``FrozenDINOSmallNoDrop``: DINO v1 ViT-S/16 at 224 as timm
+    builds it (16 x 16 patches, CLS token, no registers, no LayerScale, qkv bias, tanh-approximated GELU, LayerNorm
+    eps 1e-6, ImageNet mean/std). ``embed_dim`` / ``depth`` / ``num_heads`` are the released 384 / 12 / 6."""
+    return BackboneConfig(kind="dinov2", name="dino_vits16", embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                          mlp_ratio=4.0, ffn="mlp", mlp_act="gelu_tanh", patch_size=16, pos_embed_size=224,
+                          num_register_tokens=0, layerscale=False, qkv_bias=True, ln_eps=1e-6, taps=(depth - 1,),
+                          tap_norm=(False,), input_size=224)
+
+
+def convert_dino_vits16(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A DINO ViT-S/16 state dict (``dino_deitsmall16_pretrain.pth`` layout) -> :class:`DinoV2Backbone` keys.
+
+    As the official ``DinoDisc`` does on loading, the key third of every ``attn.qkv.bias`` is zeroed (it cannot
+    change the attention: it adds a constant per query row before the softmax). A ``head.*`` classifier is dropped;
+    ``mask_token`` (unused, DINOv2 layout) is added as zeros.
+    """
+    out = {}
+    for k, v in state.items():
+        if k.startswith("head."):
+            continue
+        v = v.detach().clone().float()
+        if k.endswith("attn.qkv.bias"):
+            c = v.numel() // 3
+            v[c : 2 * c] = 0.0
+        out[k] = v
+    if "cls_token" not in out:
+        raise ModelLoadError(f"not a DINO ViT state dict: no 'cls_token' (keys {sorted(out)[:5]}...)")
+    out.setdefault("mask_token", torch.zeros(1, out["cls_token"].shape[-1]))
+    return out
+
+
+def convert_official_dino_disc(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The official ``DinoDisc`` state dict (the ``discriminator`` entry of an official training checkpoint) ->
+    :class:`vfmtok.losses.discriminator.DinoDiscriminator` keys: the hook-based spectral norm's ``weight_orig`` /
+    ``weight_u`` / ``weight_v`` become ``parametrizations.weight.original`` / ``.0._u`` / ``.0._v``; the heads'
+    layout (``heads.i.{0, 1.fn, 2}``) is the same."""
+    rename = {"weight_orig": "parametrizations.weight.original", "weight_u": "parametrizations.weight.0._u",
+              "weight_v": "parametrizations.weight.0._v"}
+    out = {}
+    for k, v in state.items():
+        k = k.removeprefix("module.")
+        head, _, leaf = k.rpartition(".")
+        out[f"{head}.{rename[leaf]}" if leaf in rename else k] = v
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # configs
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -309,6 +361,8 @@ def config_from_official_json(
         dec_registers=int(dec.get("num_register_tokens", base.dec_registers)),
         pixel_patch=int(enc.get("patch_size", base.pixel_patch)),
         pix_ch=int(patched.get("pixel_decoder_ch", {}).get("value", base.pix_ch)),
+        # the official Decoder runs num_res_blocks + 1 ResnetBlocks per level (num_res_blocks=1 unless patched)
+        pix_res_blocks=int(patched.get("pixel_decoder_num_res_blocks", {}).get("value", 1)) + 1,
         pix_ch_mult=ch_mult,
         pix_dropout=float(margs.get("dropout_p", 0.0)),
     )

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils import parametrize
 
 from ..config import ConfigBase
 
@@ -161,9 +161,48 @@ class _Residual(nn.Module):
         return (self.fn(x) + x) * (1.0 / math.sqrt(2.0))  # keeps unit variance for independent branches
 
 
+class SpectralNorm(nn.Module):
+    """Spectral normalisation ``W / sigma(W)`` as a parametrization, with the update order of the hook-based
+    ``torch.nn.utils.spectral_norm`` that the official discriminator uses.
+
+    In training mode every access runs ``n_power_iterations`` of ``v <- normalize(W^T u)``, ``u <- normalize(W v)``
+    (in place, no gradient) and then ``sigma = u . W v``; in eval mode ``sigma`` uses the stored vectors. (torch's
+    ``parametrizations.spectral_norm`` updates ``u`` first, then ``v``: the same fixed point, but a different
+    ``sigma`` until the vectors have converged.) ``W`` is the weight flattened to (out, -1). State: buffers ``_u``
+    (out,) and ``_v`` (in * k,), so the keys are those of ``parametrizations.spectral_norm``
+    (``parametrizations.weight.0._u`` / ``._v``).
+    """
+
+    def __init__(self, weight: Tensor, n_power_iterations: int = 1, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.n_power_iterations, self.eps = n_power_iterations, eps
+        mat = weight.detach().flatten(1)
+        self.register_buffer("_u", F.normalize(mat.new_empty(mat.shape[0]).normal_(0, 1), dim=0, eps=eps))
+        self.register_buffer("_v", F.normalize(mat.new_empty(mat.shape[1]).normal_(0, 1), dim=0, eps=eps))
+        self._power_iteration(mat, 15)  # start near the fixed point (initialisation only)
+
+    @torch.no_grad()
+    def _power_iteration(self, mat: Tensor, n: int) -> None:
+        for _ in range(n):
+            self._v.copy_(F.normalize(torch.mv(mat.t(), self._u), dim=0, eps=self.eps))
+            self._u.copy_(F.normalize(torch.mv(mat, self._v), dim=0, eps=self.eps))
+
+    def forward(self, weight: Tensor) -> Tensor:
+        mat = weight.flatten(1)
+        if self.training:
+            self._power_iteration(mat.detach(), self.n_power_iterations)
+            u, v = self._u.clone(), self._v.clone()  # the in-place updates of the next access must not touch the graph
+        else:
+            u, v = self._u, self._v
+        sigma = torch.dot(u, torch.mv(mat, v))
+        return weight / sigma
+
+
 def _conv1d(c_in: int, c_out: int, kernel: int, sn: bool) -> nn.Module:
     conv = nn.Conv1d(c_in, c_out, kernel, padding=kernel // 2, padding_mode="circular")
-    return spectral_norm(conv, n_power_iterations=1, eps=1e-12) if sn else conv
+    if sn:
+        parametrize.register_parametrization(conv, "weight", SpectralNorm(conv.weight))
+    return conv
 
 
 def _block(c: int, kernel: int, cfg: DinoDiscConfig) -> nn.Sequential:
@@ -248,16 +287,22 @@ def vit_token_features(vit: nn.Module, depths: Sequence[int] = (2, 5, 8, 11), in
     every one of them (as the reference does). Blocks after the last depth are not run. Gives
     ``len(depths) + include_embedding`` levels of (B, h*w, D).
 
-    ``vit`` is duck-typed: ``preprocess(x[-1, 1])`` (resize + mean/std), ``prepare_tokens(x) -> (B, P + h*w, D)`` with
-    the CLS token first, ``blocks`` and ``num_prefix_tokens`` = P; e.g.
-    :class:`vfmtok.backbones.dinov2.DinoV2Backbone`.
+    The images are normalised as the reference does, ``x * (0.5 / std) + (0.5 - mean) / std`` on the *unclamped*
+    input (reconstructions outside [-1, 1] keep their values and gradients), and are not resized here: the
+    discriminator's input policy (:meth:`DinoDiscriminator.prepare_input`) brings them to the ViT's size.
+
+    ``vit`` is duck-typed: ``config.mean`` / ``config.std``, ``prepare_tokens(x) -> (B, P + h*w, D)`` with the CLS
+    token first, ``blocks`` and ``num_prefix_tokens`` = P; e.g. :class:`vfmtok.backbones.dinov2.DinoV2Backbone`.
     """
     wanted, last = set(depths), max(depths)
     if last >= len(vit.blocks):
         raise ValueError(f"vit_token_features: depth {last} requested from a ViT with {len(vit.blocks)} blocks")
+    mean, std = torch.tensor(vit.config.mean), torch.tensor(vit.config.std)
+    scale, shift = (0.5 / std).view(1, 3, 1, 1), ((0.5 - mean) / std).view(1, 3, 1, 1)
 
     def features(x: Tensor) -> list[Tensor]:
-        t = vit.prepare_tokens(vit.preprocess(x))  # (B, P + h*w, D)
+        x = scale.to(x.device) * x.float() + shift.to(x.device)
+        t = vit.prepare_tokens(x)  # (B, P + h*w, D)
         k = vit.num_prefix_tokens
 
         def read(tokens: Tensor) -> Tensor:

@@ -8,12 +8,18 @@ Generator objective of one step (reference §2.1), every weight a field of :clas
     L_D = [step >= disc_start] * disc_weight * D_loss(D(x), D(sg x_rec))
 
 Deliberate differences from the official ``vq_train.py``, each a fix of a bug the reference lists (§2, §6.9):
-no discriminator compute at all before ``disc_start`` (official: computed, multiplied by 0); ``codebook_weight`` and
-``weight_decay`` (adamw) are applied (official: parsed, ignored); gradient accumulation works; the quantizer runs in
-fp32 under bf16 autocast; the data order is reshuffled every epoch and is a pure function of the step, and every RNG
-is re-seeded per step from (seed, step, rank), so a run resumed from any checkpoint continues bit-identically (the
-official resume rounds to epochs and seeds numpy from the PID). The official LR schedule is warm-up then *constant*
-(its cosine has lr_min = lr): ``schedule="constant"``.
+no discriminator compute at all before ``disc_start`` (official: computed, multiplied by 0, which still advances the
+discriminator's spectral-norm vectors and Adam step count; ``disc_before_start=True`` restores it); LPIPS never runs
+its dropout (official: ``VQLoss.train()`` turns on LPIPS's ``Dropout(0.5)``, a random perceptual loss);
+``codebook_weight`` and ``weight_decay`` (adamw) are applied (official: parsed, ignored); gradient accumulation works;
+the quantizer runs in fp32 under bf16 autocast; the data order is reshuffled every epoch and is a pure function of the
+step, and every RNG is re-seeded per step from (seed, step, rank), so a run resumed from any checkpoint continues
+bit-identically (the official resume rounds to epochs and seeds numpy from the PID). The official LR schedule is
+warm-up then *constant* (its cosine has lr_min = lr): ``schedule="constant"``.
+
+With ``disc_before_start=True`` and ``disc_features="dino-vits16"`` one :func:`generator_backward` +
+:func:`discriminator_backward` reproduces the official step's losses and gradients
+(``tests/training/test_official_step.py``, docs/training-fidelity.md).
 """
 
 from __future__ import annotations
@@ -89,9 +95,12 @@ class TokenizerTrainConfig(ConfigBase):
     # --- adversarial ---
     disc_type: str = "none"  # "none" | "patchgan" | "dino" (official: dino)
     disc_features: str = "vfm"  # dino only: "vfm" (the tokenizer's frozen VFM) | "bundled" (DINOv2-S/14 at 224)
+    #   | "dino-vits16" (the official frozen DINO ViT-S/16 from ``disc_weights``, read as the official code does)
+    disc_weights: str = ""  # disc_features="dino-vits16": path of dino_deitsmall16_pretrain.pth
     disc_loss: str = "hinge"  # discriminator loss: "hinge" | "non-saturating"
     gen_loss: str = "non-saturating"  # generator adversarial loss: "hinge" | "non-saturating"
     disc_start: int = 20000  # first step (1-based) with an adversarial term
+    disc_before_start: bool = False  # official: True (the discriminator runs from step 1, its losses weighted 0)
     disc_weight: float = 0.5
     disc_lr: float = 1e-4
     disc_betas: tuple[float, float] = (0.9, 0.95)
@@ -117,7 +126,7 @@ class TokenizerTrainConfig(ConfigBase):
             "schedule": (self.schedule, ("constant", "cosine")),
             "pixel_loss": (self.pixel_loss, PIXEL_LOSSES),
             "disc_type": (self.disc_type, ("none", "patchgan", "dino")),
-            "disc_features": (self.disc_features, ("vfm", "bundled")),
+            "disc_features": (self.disc_features, ("vfm", "bundled", "dino-vits16")),
             "disc_loss": (self.disc_loss, ("hinge", "non-saturating")),
             "gen_loss": (self.gen_loss, ("hinge", "non-saturating")),
             "precision": (self.precision, ("fp32", "bf16")),
@@ -225,7 +234,9 @@ def _clip(model: nn.Module, max_norm: float) -> Tensor:
 
 def train_step(parts: TrainParts, cfg: TokenizerTrainConfig, x: Tensor, feats: BackboneOutput | None, step: int,
                lr: float) -> dict[str, Tensor]:
-    """One optimiser step of the tokenizer (and, once the GAN is on, of the discriminator) on this rank's batch.
+    """One optimiser step of the tokenizer (and, once the GAN is on, of the discriminator) on this rank's batch:
+    :func:`generator_backward`, clipping, the optimiser and EMA updates, then :func:`discriminator_backward`,
+    clipping and the discriminator's optimiser step.
 
     Args:
         x: (B_rank, 3, S, S) images in [-1, 1] on the device; B_rank = batch_size / world_size.
@@ -236,6 +247,39 @@ def train_step(parts: TrainParts, cfg: TokenizerTrainConfig, x: Tensor, feats: B
     Returns:
         Detached scalar tensors of this rank (the caller all-reduces them) plus ``"code_hist"`` (K,) code counts.
     """
+    set_lr(parts.optimizer, lr)
+    terms, recs, gan_w = generator_backward(parts, cfg, x, feats, step)
+    terms["grad_norm"] = _clip(parts.model, cfg.grad_clip).detach().float()
+    parts.optimizer.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.ema.update(parts.model)
+    if recs:
+        terms.update(discriminator_backward(parts, cfg, recs, gan_w))
+        terms["disc_grad_norm"] = _clip(parts.disc, cfg.grad_clip).detach().float()
+        parts.disc_optimizer.step()
+        parts.disc_optimizer.zero_grad(set_to_none=True)
+    return terms
+
+
+def _disc_runs(parts: TrainParts, cfg: TokenizerTrainConfig, gan_w: float) -> bool:
+    """Whether this step computes the discriminator: once its weight is on, or from the first step with
+    ``disc_before_start`` (official: weighted 0 until ``disc_start``)."""
+    return parts.disc is not None and (gan_w > 0 or cfg.disc_before_start)
+
+
+def generator_backward(parts: TrainParts, cfg: TokenizerTrainConfig, x: Tensor, feats: BackboneOutput | None,
+                       step: int) -> tuple[dict[str, Tensor], list[tuple[Tensor, Tensor]], float]:
+    """The tokenizer's objective on this rank's batch, forward and backward: the gradients are left in ``.grad``
+    of the tokenizer's parameters (accumulated over ``grad_accum`` micro-batches, not clipped, no optimiser step).
+
+    Args: as :func:`train_step`.
+
+    Returns:
+        ``(terms, recs, gan_w)``: detached scalar loss terms (``loss``, ``pixel``, ``lpips``, ``semantic``, ``vq``,
+        ``commit``, ``entropy``, ``g_adv`` unweighted) plus ``"code_hist"``; ``recs`` = (images, detached
+        reconstructions) per micro-batch for :func:`discriminator_backward` (empty when the discriminator does not
+        run this step); ``gan_w`` the adversarial weight of this step (0 before ``disc_start``).
+    """
     from ..losses.adversarial import gan_weight, generator_loss
     from ..losses.feature import semantic_loss
     from ..losses.perceptual import perceptual_loss
@@ -243,7 +287,7 @@ def train_step(parts: TrainParts, cfg: TokenizerTrainConfig, x: Tensor, feats: B
     dev = x.device
     n = cfg.grad_accum
     gan_w = gan_weight(step + 1, cfg.disc_start, cfg.disc_weight) if parts.disc is not None else 0.0
-    set_lr(parts.optimizer, lr)
+    use_disc = _disc_runs(parts, cfg, gan_w)
     # DDP needs every parameter to receive a gradient: run the semantic pass even at weight 0 when distributed
     # (a tokenizer without a VFM has no semantic pass and no parameters for it)
     semantic = parts.tokenizer.has_backbone and (cfg.semantic_weight > 0 or hasattr(parts.model, "no_sync"))
@@ -254,6 +298,7 @@ def train_step(parts: TrainParts, cfg: TokenizerTrainConfig, x: Tensor, feats: B
     chunks = _chunks(x, feats, n)
     if parts.disc_raw is not None:
         parts.disc_raw.requires_grad_(False)  # the generator pass only needs gradients w.r.t. x_rec
+        parts.disc_raw.train()  # official: training mode (a spectral-norm power iteration per forward)
     parts.model.train()
     for i, (xi, fi) in enumerate(chunks):
         sync = parts.model.no_sync() if i < n - 1 and hasattr(parts.model, "no_sync") else contextlib.nullcontext()
@@ -268,50 +313,51 @@ def train_step(parts: TrainParts, cfg: TokenizerTrainConfig, x: Tensor, feats: B
             t["semantic"] = semantic_loss(out.feats_rec, out.feats) if semantic else x_rec.new_zeros(())
             loss = (cfg.pixel_weight * t["pixel"] + cfg.lpips_weight * t["lpips"] + cfg.semantic_weight * t["semantic"]
                     + cfg.codebook_weight * t["vq"] + t["commit"] + t["entropy"])
-            if gan_w > 0:
+            if use_disc:
                 with _autocast(cfg, dev):
                     logits_fake = parts.disc_raw(x_rec)
                 t["g_adv"] = generator_loss(logits_fake.float(), cfg.gen_loss)
-                loss = loss + gan_w * t["g_adv"]
+                loss = loss + gan_w * t["g_adv"]  # gan_w = 0 before disc_start (disc_before_start)
             (loss / n).backward()
         t["loss"] = loss
         for k, v in t.items():
             terms[k] += v.detach().float() / n
         hist += torch.bincount(out.idx.reshape(-1), minlength=hist.numel())
-        if gan_w > 0:
+        if use_disc:
             recs.append((xi, x_rec.detach()))
-    terms["grad_norm"] = _clip(parts.model, cfg.grad_clip).detach().float()
-    parts.optimizer.step()
-    parts.optimizer.zero_grad(set_to_none=True)
-    parts.ema.update(parts.model)
-    if gan_w > 0:
-        terms.update(_disc_step(parts, cfg, recs, gan_w))
     terms["code_hist"] = hist
-    return terms
+    return terms, recs, gan_w
 
 
-def _disc_step(parts: TrainParts, cfg: TokenizerTrainConfig, recs: list[tuple[Tensor, Tensor]],
-               gan_w: float) -> dict[str, Tensor]:
+def discriminator_backward(parts: TrainParts, cfg: TokenizerTrainConfig, recs: list[tuple[Tensor, Tensor]],
+                           gan_w: float) -> dict[str, Tensor]:
+    """The discriminator's loss ``gan_w * D_loss(D(x), D(sg x_rec))`` on the micro-batches of
+    :func:`generator_backward`, forward and backward: gradients are left in the discriminator's ``.grad`` (not
+    clipped, no optimiser step). As the official code, the reconstructions go through the discriminator first,
+    then the images (the order matters: each forward runs a spectral-norm power iteration).
+
+    Returns:
+        Detached scalars ``d_loss`` (weighted), ``d_adv`` (unweighted), ``logits_real``, ``logits_fake`` (means).
+    """
     from ..losses.adversarial import discriminator_loss
 
     parts.disc_raw.requires_grad_(True)
     parts.disc.train()
     n = len(recs)
     dev = recs[0][0].device
-    out = {k: torch.zeros((), device=dev) for k in ("d_loss", "logits_real", "logits_fake")}
+    out = {k: torch.zeros((), device=dev) for k in ("d_loss", "d_adv", "logits_real", "logits_fake")}
     for i, (xi, x_rec) in enumerate(recs):
         sync = parts.disc.no_sync() if i < n - 1 and hasattr(parts.disc, "no_sync") else contextlib.nullcontext()
         with sync:
             with _autocast(cfg, dev):
-                real, fake = parts.disc(xi), parts.disc(x_rec)
-            d_loss = gan_w * discriminator_loss(real.float(), fake.float(), cfg.disc_loss)
+                fake, real = parts.disc(x_rec), parts.disc(xi)
+            d_adv = discriminator_loss(real.float(), fake.float(), cfg.disc_loss)
+            d_loss = gan_w * d_adv
             (d_loss / n).backward()
         out["d_loss"] += d_loss.detach() / n
+        out["d_adv"] += d_adv.detach() / n
         out["logits_real"] += real.detach().float().mean() / n
         out["logits_fake"] += fake.detach().float().mean() / n
-    _clip(parts.disc, cfg.grad_clip)
-    parts.disc_optimizer.step()
-    parts.disc_optimizer.zero_grad(set_to_none=True)
     return out
 
 

@@ -105,12 +105,26 @@ def build_discriminator(cfg: TokenizerTrainConfig, tokenizer: VFMTokenizer, devi
         PatchGANConfig,
         PatchGANDiscriminator,
         backbone_token_features,
+        vit_token_features,
     )
 
     if cfg.disc_type == "none":
         return None
     if cfg.disc_type == "patchgan":
         return PatchGANDiscriminator(PatchGANConfig()).to(device)
+    if cfg.disc_features == "dino-vits16":
+        from ..backbones.dinov2 import DinoV2Backbone
+        from ..convert.official_vfmtok import convert_dino_vits16, dino_vits16_config, load_official_checkpoint
+
+        if not cfg.disc_weights or not Path(cfg.disc_weights).exists():
+            raise ConfigError(f"disc_features='dino-vits16' needs disc_weights=<dino_deitsmall16_pretrain.pth>, got "
+                              f"{cfg.disc_weights!r}")
+        net = DinoV2Backbone(dino_vits16_config())
+        net.load_pretrained_state_dict(convert_dino_vits16(load_official_checkpoint(cfg.disc_weights)),
+                                       where=f"disc_weights={cfg.disc_weights}")
+        # official reading: embedding + blocks 2, 5, 8, 11 (CLS added); 224 crop (p 0.5) or area resize
+        disc_cfg = DinoDiscConfig(feature_dims=(net.config.embed_dim,) * 5, input_size=224)
+        return DinoDiscriminator(disc_cfg, vit_token_features(net.to(device), (2, 5, 8, 11))).to(device)
     if cfg.disc_features == "vfm":
         if not tokenizer.has_backbone:
             raise ConfigError("disc_features='vfm': encoder_type='cnn' has no VFM; use disc_features='bundled'")
