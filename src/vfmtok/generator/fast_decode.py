@@ -123,8 +123,10 @@ class FastDecoder:
         fuse: run ``_pre``/``_post``/``_head`` under ``torch.compile`` (one compilation shared by all layers).
         graphs: capture a CUDA graph per position (CUDA only).
         fuse_w13: one ``[w1; w3]`` matrix product instead of two (extra memory: the FFN input weights once more).
-        attn_backend: None (PyTorch picks) or the SDPA kernel to force: ``"flash"``, ``"efficient"``, ``"cudnn"``,
-            ``"math"``.
+        attn_backend: the attention between the layer halves: None (SDPA, PyTorch picks), an SDPA kernel to force
+            (``"flash"``, ``"efficient"``, ``"cudnn"``, ``"math"``) or ``"triton"``: the flash-decoding kernel
+            :func:`vfmtok.ops.decode_triton.split_attention` (one query per row over the filled prefix, split along
+            the sequence until every multiprocessor has work; needs Triton and CUDA tensors, or its interpreter).
         compile_mode: ``torch.compile`` mode of the fused functions (None: default; e.g.
             ``"max-autotune-no-cudagraphs"`` lets Inductor try Triton matrix-product templates with fused epilogues;
             never a cudagraph mode: the graphs are captured here).
@@ -147,8 +149,11 @@ class FastDecoder:
         if compile_mode not in (None, "default", "max-autotune-no-cudagraphs"):
             raise ValueError(f"compile_mode {compile_mode!r}: expected None, 'default' or 'max-autotune-no-cudagraphs' "
                              "(no CUDA-graph mode: the decoder captures its own graphs)")
-        if attn_backend is not None and attn_backend not in _BACKENDS:
-            raise ValueError(f"unknown attn_backend {attn_backend!r}; expected None or one of {sorted(_BACKENDS)}")
+        if attn_backend is not None and attn_backend not in _BACKENDS and attn_backend != "triton":
+            raise ValueError(f"unknown attn_backend {attn_backend!r}; expected None, 'triton' or one of "
+                             f"{sorted(_BACKENDS)}")
+        if attn_backend == "triton" and not decode_triton.triton_available():
+            raise ValueError("attn_backend='triton' needs the `triton` package (it comes with PyTorch's CUDA wheels)")
         if kernels not in ("auto", "torch", "triton"):
             raise ValueError(f"unknown kernels {kernels!r}; expected 'auto', 'torch' or 'triton'")
         self.attn_backend = attn_backend
@@ -165,6 +170,8 @@ class FastDecoder:
         self.k = [torch.zeros(shape, dtype=weight.dtype, device=self.device) for _ in range(c.n_layer)]
         self.v = [torch.zeros_like(t) for t in self.k]
         self.zero = torch.zeros(rows, 1, c.dim, dtype=weight.dtype, device=self.device)  # residual delta of layer 0
+        # attn_backend="triton": the attention output as (rows, 1, H, Dh), so that `wo` reads it without a copy
+        self._attn_out = torch.empty(rows, 1, c.n_head, c.head_dim, dtype=weight.dtype, device=self.device)
         # per-position inputs, each its own tensor (same layout for every compiled call)
         self.pos = [torch.tensor([p], device=self.device) for p in range(1 + c.block_size)]
         self.ropes = [gpt.freqs_cis[p : p + 1].clone() for p in range(1 + c.block_size)]
@@ -221,7 +228,7 @@ class FastDecoder:
 
     def _forward(self, h: Tensor, p: int) -> Tensor:
         """Run position ``p`` for input embeddings h (rows, 1, D) -> (rows, V) float32 logits."""
-        if self.attn_backend is None:
+        if self.attn_backend is None or self.attn_backend == "triton":
             return self._layers(h, p)
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -235,9 +242,19 @@ class FastDecoder:
         rope, pos = self.ropes[p], self.pos[p]
         for i, w in enumerate(self.layers):
             x, q = self._pre(h, delta, w.attn_norm, w.wqkv, rope, self.k[i], self.v[i], pos, self.eps, self.n_head)
-            attn = F.scaled_dot_product_attention(q, self.k[i][:, :, : p + 1], self.v[i][:, :, : p + 1])
+            attn = self._attention(q, i, p)
             h, delta = self._post(x, attn, w.wo, w.ffn_norm, w.w13, w.w1, w.w3, w.w2, self.eps)
         return self._head(h, delta, self.gpt.norm.weight, self.gpt.output.weight, self.eps)
+
+    def _attention(self, q: Tensor, i: int, p: int) -> Tensor:
+        """Layer i's attention of q (rows, H, 1, Dh) over cache positions [0, p]: (rows, H, 1, Dh)."""
+        if self.attn_backend != "triton":
+            return F.scaled_dot_product_attention(q, self.k[i][:, :, : p + 1], self.v[i][:, :, : p + 1])
+        q = q[:, :, 0]
+        if q.stride(-1) != 1:
+            q = q.contiguous()
+        decode_triton.split_attention(q, self.k[i], self.v[i], p + 1, self._attn_out[:, 0])
+        return self._attn_out.transpose(1, 2)
 
     def _triton_layers(self, h: Tensor, p: int) -> Tensor:
         """The step as five Triton kernels per layer; h (rows, 1, D) embeddings -> (rows, V) float32 logits."""
