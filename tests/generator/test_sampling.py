@@ -86,8 +86,9 @@ def test_kv_cache_equals_full_recompute(kwargs):
 
 @pytest.mark.parametrize(
     "options",
-    [{"fuse": False}, {"fuse": False, "fuse_w13": False}, True, {"compile_mode": "max-autotune-no-cudagraphs"}],
-    ids=["eager", "eager-unfused-w13", "compiled", "compiled-autotune"],
+    [{"fuse": False}, {"fuse": False, "fuse_w13": False}, True, {"compile_mode": "max-autotune-no-cudagraphs"},
+     {"fuse": False, "streams": 2}],
+    ids=["eager", "eager-unfused-w13", "compiled", "compiled-autotune", "eager-two-row-groups"],
 )
 def test_fast_path_equals_plain_path(options):
     """The fast decoder (issue 6) gives the plain path's tokens, same seed, fp32 on CPU; also after weight updates."""
@@ -161,6 +162,8 @@ def test_triton_kernels_option_is_checked():
     with pytest.raises(ValueError, match="at most"):
         FastDecoder(gpt, decode_triton.MAX_ROWS + 1, kernels="triton")
     assert FastDecoder(gpt, 1, fuse=False).kernels == "torch"  # "auto" on CPU: the PyTorch path
+    with pytest.raises(ValueError, match="streams"):
+        FastDecoder(gpt, 2, fuse=False, streams=3)
 
 
 def test_official_baseline_compiled_matches_eager():
@@ -272,12 +275,14 @@ def test_balanced_labels():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize(
-    "compile", [True, {"fuse": False}, {"kernels": "triton"}, {"attn_backend": "triton"}],
-    ids=["fused", "graphs-only", "triton-kernels", "split-attention"],
+    "compile", [True, {"fuse": False}, {"kernels": "triton"}, {"attn_backend": "triton"},
+                {"attn_backend": "triton", "streams": 2}],
+    ids=["fused", "graphs-only", "triton-kernels", "split-attention", "split-attention-two-streams"],
 )
 def test_cuda_graph_paths_match_eager(compile):
     """fp32 on CUDA: same tokens as the eager path (the Triton kernels: PDL launches inside the captured graphs)."""
-    if compile in ({"kernels": "triton"}, {"attn_backend": "triton"}) and not decode_triton.triton_available():
+    options = compile if isinstance(compile, dict) else {}
+    if "triton" in (options.get("kernels"), options.get("attn_backend")) and not decode_triton.triton_available():
         pytest.skip("triton is not installed")
     gpt = _tiny().cuda()
     labels = torch.tensor([0, 3, 7, 9], device="cuda")
