@@ -2,8 +2,8 @@
 
 One query per (row, head) over the filled prefix of a GPT-XXL-shaped KV cache (24 heads of 64, 257 positions), as the
 fast decoder's step runs it: ``F.scaled_dot_product_attention(q, k[:, :, :L], v[:, :, :L])`` (PyTorch picks the
-kernel: flash for this shape) against :func:`vfmtok.ops.decode_triton.split_attention` with each ``(BLOCK_L, warps)``
-tile of ``--tiles``. Each timing runs the attention over ``layers`` separate caches in turn (as the 48 layers of a
+kernel: flash for this shape) against :func:`vfmtok.ops.decode_triton.split_attention` with each
+``BLOCK_L,warps[,stages]`` tile of ``--tiles`` (stages: software pipelining of the block loop, 0 = unrolled). Each timing runs the attention over ``layers`` separate caches in turn (as the 48 layers of a
 step do, so that small batches are not timed out of the L2 cache) and reports the median per call
 (``triton.testing.do_bench``). Bytes = keys and values of the prefix read once; the fraction is of a large
 device-to-device copy's bandwidth measured in the same run. One JSON object per (rows, length, implementation) is
@@ -24,6 +24,13 @@ import triton.testing
 from sample import copy_bandwidth  # bench/sample.py (this script's directory)
 
 from vfmtok.ops import decode_triton
+
+
+def set_tile(tile: str) -> None:
+    """``"BLOCK_L,WARPS[,STAGES]"`` -> the module switches of :func:`vfmtok.ops.decode_triton.split_attention`."""
+    values = [int(x) for x in tile.split(",")]
+    decode_triton.SPLIT_BLOCK_L, decode_triton.SPLIT_WARPS = values[:2]
+    decode_triton.SPLIT_STAGES = values[2] if len(values) > 2 else 0
 
 
 def main() -> None:
@@ -49,12 +56,12 @@ def main() -> None:
         q4 = torch.randn(rows, 1, 2 * h, dh, device=device, dtype=torch.bfloat16).transpose(1, 2)[:, :h]
         out = torch.empty(rows, 1, h, dh, device=device, dtype=torch.bfloat16)
         for length in args.lengths:
-            ref = F.scaled_dot_product_attention(q4, ks[0][:, :, :length], vs[0][:, :, :length])
+            ref = F.scaled_dot_product_attention(q4, ks[-1][:, :, :length], vs[-1][:, :, :length])  # the last layer's
             impls = {"sdpa": lambda: [F.scaled_dot_product_attention(q4, k[:, :, :length], v[:, :, :length])
                                       for k, v in zip(ks, vs)]}
             for tile in args.tiles:
                 def split(tile=tile):
-                    decode_triton.SPLIT_BLOCK_L, decode_triton.SPLIT_WARPS = (int(x) for x in tile.split(","))
+                    set_tile(tile)
                     for k, v in zip(ks, vs):
                         decode_triton.split_attention(q4[:, :, 0], k, v, length, out[:, 0])
                 impls[f"split-{tile}"] = split
@@ -77,10 +84,10 @@ def main() -> None:
                     totals[name] = totals.get(name, 0.0) + ms
         del ks, vs
         torch.cuda.empty_cache()
-    decode_triton.SPLIT_BLOCK_L, decode_triton.SPLIT_WARPS = 64, 4
+    set_tile("64,4,0")
     print(json.dumps({"large_batch_totals_ms": totals}))
     best = min((n for n in totals if n != "sdpa"), key=totals.get, default=None)
-    print(best.removeprefix("split-") if best else "64,4")
+    print(best.removeprefix("split-") if best else "64,4,0")
 
 
 if __name__ == "__main__":

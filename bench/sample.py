@@ -204,7 +204,7 @@ def main() -> None:
     ap.add_argument("--out", default="sample.jsonl")
     ap.add_argument("--profile", help="append each case's kernel table (one extra profiled run) to this file")
     ap.add_argument("--official-src", help="root of a CVMI-Lab/VFMTok checkout: enables the src-official paths")
-    ap.add_argument("--split-tile", help="BLOCK_L,WARPS of the flash-decoding attention kernel (bench/"
+    ap.add_argument("--split-tile", help="BLOCK_L,WARPS[,STAGES] of the flash-decoding attention kernel (bench/"
                     "decode_attention.py picks them)")
     args = ap.parse_args()
     if any(p.startswith("src-official") for p in args.paths) and not args.official_src:
@@ -213,7 +213,9 @@ def main() -> None:
     if args.split_tile:
         from vfmtok.ops import decode_triton
 
-        decode_triton.SPLIT_BLOCK_L, decode_triton.SPLIT_WARPS = (int(v) for v in args.split_tile.split(","))
+        values = [int(v) for v in args.split_tile.split(",")]
+        decode_triton.SPLIT_BLOCK_L, decode_triton.SPLIT_WARPS = values[:2]
+        decode_triton.SPLIT_STAGES = values[2] if len(values) > 2 else 0
     device = torch.device(args.device)
     for name in ("recompile_limit", "cache_size_limit"):  # one compilation per batch shape
         if hasattr(torch._dynamo.config, name):

@@ -106,9 +106,12 @@ def _check_split_attention(device: str, dtype: torch.dtype, m: int, n_head: int,
 
 @needs_triton
 @interpreted
-def test_interpreted_split_attention_equals_sdpa_on_cpu() -> None:
+@pytest.mark.parametrize("stages", [0, 2])
+def test_interpreted_split_attention_equals_sdpa_on_cpu(monkeypatch, stages: int) -> None:
     # 4 positions per block in the interpreter: lengths of one position, one block, and several partial blocks;
-    # one split (direct store), several (combine pass), and the automatic choice
+    # one split (direct store), several (combine pass), and the automatic choice; the block loop unrolled or as a
+    # pipelined loop
+    monkeypatch.setattr(mod, "SPLIT_STAGES", stages)
     _check_split_attention("cpu", torch.float32, 3, 2, 12, 23, lengths=(1, 4, 23), splits=(None, 1, 2), atol=1e-5)
     _check_split_attention("cpu", torch.float32, 1, 3, 16, 23, lengths=(17,), splits=(None, 3, 5), atol=1e-5)
     assert mod.attention_splits(programs=24, length=257, sms=132, block_l=64) == (5, 1)  # batch 1: spread out
@@ -120,8 +123,10 @@ def test_interpreted_split_attention_equals_sdpa_on_cpu() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("m", [1, 7, 512])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_split_attention_equals_sdpa_on_cuda(m: int, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("stages", [0, 3])
+def test_split_attention_equals_sdpa_on_cuda(monkeypatch, m: int, dtype: torch.dtype, stages: int) -> None:
     # the GPT-XXL head shape and cache length (257 positions); 512 rows: one split per (row, head)
+    monkeypatch.setattr(mod, "SPLIT_STAGES", stages)
     atol = 1e-5 if dtype == torch.float32 else 1e-2
     _check_split_attention("cuda", dtype, m, 24, 64, 257, lengths=(1, 64, 130, 257), splits=(None, 1, 3), atol=atol)
 

@@ -325,10 +325,26 @@ if triton is not None:
         tl.store(out_ptr + pid * HEAD_DIM + offs_d, out.to(out_ptr.dtype.element_ty), mask=mask_d)
 
     @triton.jit
+    def _attend_block(q, k_ptr, v_ptr, base, offs_s, offs_d, mask_d, length, m_i, l_i, acc, HEAD_DIM: tl.constexpr):
+        """Online-softmax update of (m_i, l_i, acc) with the cache positions offs_s (those below length)."""
+        mask_s = offs_s < length
+        offs = base + offs_s[:, None] * HEAD_DIM + offs_d[None, :]
+        kv_mask = mask_s[:, None] & mask_d[None, :]
+        k = tl.load(k_ptr + offs, mask=kv_mask, other=0.0).to(tl.float32)  # (BLOCK_L, BLOCK_D)
+        v = tl.load(v_ptr + offs, mask=kv_mask, other=0.0).to(tl.float32)
+        s = tl.where(mask_s, tl.sum(k * q[None, :], axis=1), float("-inf"))  # (BLOCK_L,)
+        m_new = tl.maximum(m_i, tl.max(s, axis=0))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=0)
+        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+        return m_new, l_i, acc
+
+    @triton.jit
     def _split_attention_kernel(
         q_ptr, k_ptr, v_ptr, out_ptr, part_ptr, length, scale, H, stride_qm, stride_qh, stride_om, stride_oh,
         stride_cm, stride_ch, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-        BLOCKS: tl.constexpr, DIRECT: tl.constexpr,
+        BLOCKS: tl.constexpr, DIRECT: tl.constexpr, STAGES: tl.constexpr,
     ):
         """Program (row * H + head, split): softmax attention of one query over the cache positions
         ``[split * BLOCKS * BLOCK_L, ...)`` below ``length``, BLOCKS blocks of BLOCK_L positions.
@@ -336,7 +352,8 @@ if triton is not None:
         DIRECT (one split): the normalised output is stored at ``out[row, head]``. Otherwise the split's running max
         m, its sum of exponentials l and the unnormalised float32 sum ``acc`` go to ``part[row * H + head, split]``
         as ``[acc (BLOCK_D), m, l]`` for :func:`_combine_kernel`. Every split holds at least one position (the host
-        takes ``cdiv(length, BLOCKS * BLOCK_L)`` splits), so m is finite after the first block."""
+        takes ``cdiv(length, BLOCKS * BLOCK_L)`` splits), so m is finite after the first block. STAGES = 0: the
+        block loop unrolled; else a loop software-pipelined STAGES deep (the next blocks' loads in flight)."""
         pid = tl.program_id(0)
         split = tl.program_id(1)
         m = pid // H
@@ -349,20 +366,16 @@ if triton is not None:
         m_i = tl.max(tl.full([BLOCK_L], float("-inf"), dtype=tl.float32), axis=0)
         l_i = tl.sum(tl.zeros([BLOCK_L], dtype=tl.float32), axis=0)
         acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-        for b in tl.static_range(BLOCKS):
-            offs_s = start + b * BLOCK_L + tl.arange(0, BLOCK_L)
-            mask_s = offs_s < length
-            offs = base + offs_s[:, None] * HEAD_DIM + offs_d[None, :]
-            kv_mask = mask_s[:, None] & mask_d[None, :]
-            k = tl.load(k_ptr + offs, mask=kv_mask, other=0.0).to(tl.float32)  # (BLOCK_L, BLOCK_D)
-            v = tl.load(v_ptr + offs, mask=kv_mask, other=0.0).to(tl.float32)
-            s = tl.where(mask_s, tl.sum(k * q[None, :], axis=1), float("-inf"))  # (BLOCK_L,)
-            m_new = tl.maximum(m_i, tl.max(s, axis=0))
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(s - m_new)
-            l_i = l_i * alpha + tl.sum(p, axis=0)
-            acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
-            m_i = m_new
+        if STAGES == 0:
+            for b in tl.static_range(BLOCKS):
+                offs_s = start + b * BLOCK_L + tl.arange(0, BLOCK_L)
+                m_i, l_i, acc = _attend_block(q, k_ptr, v_ptr, base, offs_s, offs_d, mask_d, length, m_i, l_i, acc,
+                                              HEAD_DIM)
+        else:
+            for b in tl.range(0, BLOCKS, num_stages=STAGES):
+                offs_s = start + b * BLOCK_L + tl.arange(0, BLOCK_L)
+                m_i, l_i, acc = _attend_block(q, k_ptr, v_ptr, base, offs_s, offs_d, mask_d, length, m_i, l_i, acc,
+                                              HEAD_DIM)
         if DIRECT:
             tl.store(out_ptr + m * stride_om + h * stride_oh + offs_d, (acc / l_i).to(out_ptr.dtype.element_ty),
                      mask=mask_d)
@@ -545,6 +558,9 @@ SPLIT_BLOCK_L = 64
 SPLIT_WARPS = 4
 """Warps per program of :func:`split_attention` (a switch for measurements)."""
 
+SPLIT_STAGES = 0
+"""Software-pipelining depth of :func:`split_attention`'s block loop (0: unrolled; a switch for measurements)."""
+
 SPLIT_MIN_PROGRAMS = 4
 """:func:`split_attention` splits the sequence until there are at least this many programs per multiprocessor."""
 
@@ -621,7 +637,8 @@ def split_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, length: int, ou
     _split_attention_kernel[(m * n_head, splits)](
         q, k_cache, v_cache, out, part, length, head_dim ** -0.5, n_head, q.stride(0), q.stride(1), out.stride(0),
         out.stride(1), k_cache.stride(0), k_cache.stride(1), HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_L=block_l,
-        BLOCKS=blocks, DIRECT=splits == 1, num_warps=warps,
+        BLOCKS=blocks, DIRECT=splits == 1, STAGES=SPLIT_STAGES, num_warps=warps,
+        **({"num_stages": SPLIT_STAGES} if SPLIT_STAGES and not _INTERPRET else {}),
     )
     if splits > 1:
         _combine_kernel[(m * n_head,)](
