@@ -84,10 +84,10 @@ def main() -> None:
                     totals[name] = totals.get(name, 0.0) + ms
         del ks, vs
         torch.cuda.empty_cache()
-    set_tile("64,4,0")
+    set_tile("64,2,0")
     print(json.dumps({"large_batch_totals_ms": totals}))
     best = min((n for n in totals if n != "sdpa"), key=totals.get, default=None)
-    print(best.removeprefix("split-") if best else "64,4,0")
+    print(best.removeprefix("split-") if best else "64,2,0")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ token grids with :func:`vfmtok.generator.sample` (temperature 1, no top-k/top-p)
   ``fast-autotune``: the fused functions compiled with ``mode="max-autotune-no-cudagraphs"``; ``fast-torch`` /
   ``fast-triton``: the fast path with its layer kernels chosen (``kernels="torch"``: the fused functions around cuBLAS;
   ``"triton"``: five Triton matrix-vector kernels per layer, :mod:`vfmtok.ops.decode_triton`); ``fast`` takes
-  ``kernels="auto"`` (Triton up to ``TRITON_MAX_ROWS`` rows on CUDA); ``fast-splitk`` / ``fast-sdpa``: the fast path
+  ``kernels="auto"`` (Triton up to ``TRITON_MAX_ROWS`` rows on CUDA) and ``attn_backend="auto"`` (the flash-decoding
+  kernel from ``SPLIT_ATTENTION_MIN_ROWS`` rows on CUDA); ``fast-splitk`` / ``fast-sdpa``: the fast path
   with the attention between the layer halves forced to our flash-decoding Triton kernel
   (``attn_backend="triton"``, :func:`vfmtok.ops.decode_triton.split_attention`) / to PyTorch's SDPA;
   ``fast-splitk-2s``: ``fast-splitk`` with the rows in two groups on two CUDA streams (``streams=2``);

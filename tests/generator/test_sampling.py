@@ -162,6 +162,7 @@ def test_triton_kernels_option_is_checked():
     with pytest.raises(ValueError, match="at most"):
         FastDecoder(gpt, decode_triton.MAX_ROWS + 1, kernels="triton")
     assert FastDecoder(gpt, 1, fuse=False).kernels == "torch"  # "auto" on CPU: the PyTorch path
+    assert FastDecoder(gpt, 1, fuse=False).attn_backend is None  # "auto" on CPU: SDPA
     with pytest.raises(ValueError, match="streams"):
         FastDecoder(gpt, 2, fuse=False, streams=3)
 

@@ -97,6 +97,19 @@ def _auto_kernels(weight: Tensor, rows: int) -> str:
     return "triton" if usable and rows <= TRITON_MAX_ROWS else "torch"
 
 
+SPLIT_ATTENTION_MIN_ROWS = 256
+"""Fewest rows for which ``attn_backend="auto"`` takes the flash-decoding Triton kernel instead of SDPA (measured faster
+on the H200 at 768-2048 rows; docs/results/performance.md)."""
+
+
+def _auto_attention(weight: Tensor, rows: int) -> str | None:
+    """``attn_backend="auto"``: ``"triton"`` on CUDA (compute capability >= 8.0, Triton installed) from
+    SPLIT_ATTENTION_MIN_ROWS rows, else None (SDPA)."""
+    usable = (weight.is_cuda and decode_triton.triton_available()
+              and torch.cuda.get_device_capability(weight.device) >= (8, 0))
+    return "triton" if usable and rows >= SPLIT_ATTENTION_MIN_ROWS else None
+
+
 _BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
              "math": "MATH"}
 
@@ -124,9 +137,10 @@ class FastDecoder:
         graphs: capture a CUDA graph per position (CUDA only).
         fuse_w13: one ``[w1; w3]`` matrix product instead of two (extra memory: the FFN input weights once more).
         attn_backend: the attention between the layer halves: None (SDPA, PyTorch picks), an SDPA kernel to force
-            (``"flash"``, ``"efficient"``, ``"cudnn"``, ``"math"``) or ``"triton"``: the flash-decoding kernel
+            (``"flash"``, ``"efficient"``, ``"cudnn"``, ``"math"``), ``"triton"``: the flash-decoding kernel
             :func:`vfmtok.ops.decode_triton.split_attention` (one query per row over the filled prefix, split along
-            the sequence until every multiprocessor has work; needs Triton and CUDA tensors, or its interpreter).
+            the sequence until every multiprocessor has work; needs Triton and CUDA tensors, or its interpreter), or
+            ``"auto"``: ``"triton"`` on CUDA with Triton from :data:`SPLIT_ATTENTION_MIN_ROWS` rows, else None.
         compile_mode: ``torch.compile`` mode of the fused functions (None: default; e.g.
             ``"max-autotune-no-cudagraphs"`` lets Inductor try Triton matrix-product templates with fused epilogues;
             never a cudagraph mode: the graphs are captured here).
@@ -148,16 +162,18 @@ class FastDecoder:
 
     def __init__(
         self, gpt: GPT, rows: int, *, fuse: bool = True, graphs: bool = True, fuse_w13: bool = True,
-        attn_backend: str | None = None, compile_mode: str | None = None, kernels: str = "auto", streams: int = 1,
+        attn_backend: str | None = "auto", compile_mode: str | None = None, kernels: str = "auto", streams: int = 1,
     ) -> None:
         if not 1 <= streams <= rows:
             raise ValueError(f"streams={streams}: expected 1 <= streams <= rows ({rows})")
         if compile_mode not in (None, "default", "max-autotune-no-cudagraphs"):
             raise ValueError(f"compile_mode {compile_mode!r}: expected None, 'default' or 'max-autotune-no-cudagraphs' "
                              "(no CUDA-graph mode: the decoder captures its own graphs)")
-        if attn_backend is not None and attn_backend not in _BACKENDS and attn_backend != "triton":
-            raise ValueError(f"unknown attn_backend {attn_backend!r}; expected None, 'triton' or one of "
+        if attn_backend is not None and attn_backend not in _BACKENDS and attn_backend not in ("triton", "auto"):
+            raise ValueError(f"unknown attn_backend {attn_backend!r}; expected None, 'auto', 'triton' or one of "
                              f"{sorted(_BACKENDS)}")
+        if attn_backend == "auto":
+            attn_backend = _auto_attention(gpt.tok_embeddings.weight, rows)
         if attn_backend == "triton" and not decode_triton.triton_available():
             raise ValueError("attn_backend='triton' needs the `triton` package (it comes with PyTorch's CUDA wheels)")
         if kernels not in ("auto", "torch", "triton"):

@@ -223,7 +223,7 @@ class _PlainDecoder:
 _COMPILED: weakref.WeakKeyDictionary[GPT, tuple[tuple, FastDecoder | _OfficialCompiledDecoder]] = (
     weakref.WeakKeyDictionary()
 )
-FAST_DEFAULTS = {"fuse": True, "graphs": True, "fuse_w13": True, "attn_backend": None, "compile_mode": None,
+FAST_DEFAULTS = {"fuse": True, "graphs": True, "fuse_w13": True, "attn_backend": "auto", "compile_mode": None,
                  "kernels": "auto", "streams": 1}
 
 

@@ -555,8 +555,9 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, length: int, o
 SPLIT_BLOCK_L = 64
 """Cache positions per block of :func:`split_attention` (a switch for measurements: bench/decode_attention.py)."""
 
-SPLIT_WARPS = 4
-"""Warps per program of :func:`split_attention` (a switch for measurements)."""
+SPLIT_WARPS = 2
+"""Warps per program of :func:`split_attention` (a switch for measurements). 64 positions x 2 warps was the fastest
+tile on the H200 at 256-896 rows (bench/decode_attention.py; docs/results/performance.md)."""
 
 SPLIT_STAGES = 0
 """Software-pipelining depth of :func:`split_attention`'s block loop (0: unrolled; a switch for measurements)."""
