@@ -97,9 +97,10 @@ def _auto_kernels(weight: Tensor, rows: int) -> str:
     return "triton" if usable and rows <= TRITON_MAX_ROWS else "torch"
 
 
-SPLIT_ATTENTION_MIN_ROWS = 256
-"""Fewest rows for which ``attn_backend="auto"`` takes the flash-decoding Triton kernel instead of SDPA (measured faster
-on the H200 at 768-2048 rows; docs/results/performance.md)."""
+SPLIT_ATTENTION_MIN_ROWS = 768
+"""Fewest rows for which ``attn_backend="auto"`` takes the flash-decoding Triton kernel instead of SDPA: measured faster in
+the whole step on the H200 at 768 and 896 rows (GPT-XXL; docs/results/performance.md); below, not measured in the step,
+and the attention alone was no faster than SDPA at 256 rows over the full prefix."""
 
 
 def _auto_attention(weight: Tensor, rows: int) -> str | None:
