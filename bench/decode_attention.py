@@ -3,9 +3,10 @@
 One query per (row, head) over the filled prefix of a GPT-XXL-shaped KV cache (24 heads of 64, 257 positions), as the
 fast decoder's step runs it: ``F.scaled_dot_product_attention(q, k[:, :, :L], v[:, :, :L])`` (PyTorch picks the
 kernel: flash for this shape) against :func:`vfmtok.ops.decode_triton.split_attention` with each
-``BLOCK_L,warps[,stages]`` tile of ``--tiles`` (stages: software pipelining of the block loop, 0 = unrolled). Each timing runs the attention over ``layers`` separate caches in turn (as the 48 layers of a
-step do, so that small batches are not timed out of the L2 cache) and reports the median per call
-(``triton.testing.do_bench``). Bytes = keys and values of the prefix read once; the fraction is of a large
+``BLOCK_L,warps[,stages]`` tile of ``--tiles`` (stages: software pipelining of the block loop, 0 = unrolled). Each
+timing runs the attention over ``layers`` separate caches in turn (as the 48 layers of a step do, so that small batches
+are not timed out of the L2 cache) and reports the median per call (``triton.testing.do_bench``). No CUDA graphs: at a
+few rows the figures are the host's launch time, not the GPU's. Bytes = keys and values of the prefix read once; the fraction is of a large
 device-to-device copy's bandwidth measured in the same run. One JSON object per (rows, length, implementation) is
 appended to ``--out``; the last line printed names the tile with the least total time over the rows >= 64 (the
 large-batch path), which bench/sample.py takes as ``--split-tile``.

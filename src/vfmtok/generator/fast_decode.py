@@ -9,6 +9,9 @@ too. :class:`FastDecoder` removes both:
   ``_post`` (``wo``, residual, RMSNorm, SwiGLU with ``w1``/``w3`` as one matrix product), compiled once with
   ``torch.compile`` and shared by all layers (the weights are arguments); attention between them runs over the filled
   prefix only, ``cache[:, :, :t + 1]``, with no mask;
+- from :data:`SPLIT_ATTENTION_MIN_ROWS` rows on CUDA (``attn_backend="auto"``), the attention is the flash-decoding
+  Triton kernel :func:`vfmtok.ops.decode_triton.split_attention` instead of SDPA (it streams the cache prefix at
+  86 % of the copy bandwidth inside the H200 step);
 - on CUDA, one CUDA graph per position (the class position included) is captured (the prefix length is fixed inside
   each graph), all sharing one memory pool and writing the logits into one static buffer, so a step is one
   ``replay()`` and the host never waits.
@@ -98,9 +101,9 @@ def _auto_kernels(weight: Tensor, rows: int) -> str:
 
 
 SPLIT_ATTENTION_MIN_ROWS = 768
-"""Fewest rows for which ``attn_backend="auto"`` takes the flash-decoding Triton kernel instead of SDPA: measured faster in
-the whole step on the H200 at 768 and 896 rows (GPT-XXL; docs/results/performance.md); below, not measured in the step,
-and the attention alone was no faster than SDPA at 256 rows over the full prefix."""
+"""Fewest rows for which ``attn_backend="auto"`` takes the flash-decoding Triton kernel instead of SDPA: measured
+faster in the whole step on the H200 at 768 and 896 rows (GPT-XXL; docs/results/performance.md); below, not measured
+in the step, and the attention alone was no faster than SDPA at 256 rows over the full prefix."""
 
 
 def _auto_attention(weight: Tensor, rows: int) -> str | None:

@@ -290,8 +290,8 @@ def generate(
             to ``[cond; null]`` rows when any step's scale differs from 1.
         compile: the fast path (:class:`~vfmtok.generator.fast_decode.FastDecoder`: fused layer halves under
             ``torch.compile``, one CUDA graph per position on CUDA); True, or a dict of its options (``FAST_DEFAULTS``:
-            ``fuse``, ``graphs``, ``fuse_w13``, ``attn_backend``, ``compile_mode``, ``kernels``, ``streams``). The decoder is kept per model until the batch shape changes. With
-            ``baseline="official"``: the official step under ``torch.compile(mode="reduce-overhead")``.
+            ``fuse``, ``graphs``, ``fuse_w13``, ``attn_backend``, ``compile_mode``, ``kernels``, ``streams``). The
+            decoder is kept per model until the batch shape changes. With ``baseline="official"``: the official step under ``torch.compile(mode="reduce-overhead")``.
         baseline: None (KV cache over the filled prefix), ``"plain"`` (full recompute) or ``"official"``
             (LlamaGen's full-length masked cache).
 

@@ -14,6 +14,10 @@ A layer is four products and one attention: five kernels. Each program loads its
 depend on the previous kernel; on Hopper GPUs the kernels are launched as programmatic dependent launches, so those
 loads overlap the previous kernel's end, and only then wait (``gdc_wait``) for the activations.
 
+For large batches, where the layer's products are cuBLAS's, :func:`split_attention` is the flash-decoding attention
+between them: one query per (row, head) over the filled prefix, split along the sequence until every multiprocessor
+has work, then a combine pass (one split per (row, head), and no combine pass, once the rows alone fill the GPU).
+
 Products accumulate in float32 and are rounded to the model dtype before the RoPE, residual add or SwiGLU that follows,
 as ``F.linear`` rounds its output (:mod:`vfmtok.generator.gpt`). RMSNorm is folded into the product: the sum of squares
 is taken from the same x blocks, and ``1/rms`` scales the product's float32 result, ``(x * g) @ W^T / rms(x)``, where
