@@ -13,7 +13,16 @@ token grids with :func:`vfmtok.generator.sample` (temperature 1, no top-k/top-p)
   ``fast-autotune``: the fused functions compiled with ``mode="max-autotune-no-cudagraphs"``; ``fast-torch`` /
   ``fast-triton``: the fast path with its layer kernels chosen (``kernels="torch"``: the fused functions around cuBLAS;
   ``"triton"``: five Triton matrix-vector kernels per layer, :mod:`vfmtok.ops.decode_triton`); ``fast`` takes
-  ``kernels="auto"`` (Triton up to ``TRITON_MAX_ROWS`` rows on CUDA).
+  ``kernels="auto"`` (Triton up to ``TRITON_MAX_ROWS`` rows on CUDA) and ``attn_backend="auto"`` (the flash-decoding
+  kernel from ``SPLIT_ATTENTION_MIN_ROWS`` rows on CUDA); ``fast-splitk`` / ``fast-sdpa``: the fast path
+  with the attention between the layer halves forced to our flash-decoding Triton kernel
+  (``attn_backend="triton"``, :func:`vfmtok.ops.decode_triton.split_attention`) / to PyTorch's SDPA;
+  ``fast-splitk-2s``: ``fast-splitk`` with the rows in two groups on two CUDA streams (``streams=2``);
+* ``src-official`` / ``src-official-compiled`` (with ``--official-src PATH``): the official code's own ``generate()``
+  (``autoregressive/models/generate.py``) and GPT (``autoregressive/models/gpt.py``) imported at run time from a local
+  checkout of CVMI-Lab/VFMTok (never part of this repository), eager, and with the model under
+  ``torch.compile(mode="reduce-overhead", fullgraph=True)`` as its ``test_net.py --compile`` does; same shapes, own
+  random weights (``initialize_weights``, then the output head drawn as ours), same dtype, same process and GPU.
 
 Each case runs once untimed (compilation, graph capture, allocation: reported as ``setup_s``) and then ``--repeats``
 timed times; images/s and ms/step use the best timed run; ``--profile FILE`` then appends the CUDA-kernel table of
@@ -50,7 +59,13 @@ PATHS = {
     "fast-autotune": dict(baseline=None, compile={"compile_mode": "max-autotune-no-cudagraphs"}),
     "fast-torch": dict(baseline=None, compile={"kernels": "torch"}),
     "fast-triton": dict(baseline=None, compile={"kernels": "triton"}),
+    "fast-splitk": dict(baseline=None, compile={"attn_backend": "triton"}),
+    "fast-sdpa": dict(baseline=None, compile={"attn_backend": None}),
+    "fast-splitk-2s": dict(baseline=None, compile={"attn_backend": "triton", "streams": 2}),
+    "src-official": None,  # the official code's generate(), --official-src
+    "src-official-compiled": None,
 }
+OFFICIAL_MODELS = {"gpt-b": "GPT-B", "gpt-l": "GPT-L", "gpt-xl": "GPT-XL", "gpt-xxl": "GPT-XXL"}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -80,6 +95,46 @@ def build(name: str, dtype: torch.dtype, device: torch.device) -> GPT:
     return gpt.to(device=device, dtype=dtype).eval()
 
 
+class OfficialSampler:
+    """The official code's ``generate()`` and GPT, imported from a checkout at ``src`` (``autoregressive/`` at its
+    root; the model code needs nothing beyond PyTorch). One model per name, built on first use; ``compiled`` wraps
+    it as ``test_net.py --compile`` does."""
+
+    def __init__(self, src: str) -> None:
+        import importlib
+        import os
+        import sys
+
+        if not os.path.isfile(os.path.join(src, "autoregressive", "models", "generate.py")):
+            raise SystemExit(f"--official-src {src!r}: no autoregressive/models/generate.py there (a CVMI-Lab/VFMTok "
+                             "checkout's root is expected)")
+        sys.path.insert(0, os.path.abspath(src))
+        self.gpt_module = importlib.import_module("autoregressive.models.gpt")
+        self.generate = importlib.import_module("autoregressive.models.generate").generate
+        self.models: dict[str, torch.nn.Module] = {}
+        self.compiled: dict[str, torch.nn.Module] = {}
+
+    def model(self, name: str, dtype: torch.dtype, device: torch.device, compiled: bool) -> torch.nn.Module:
+        if name not in self.models:
+            if name not in OFFICIAL_MODELS:
+                raise ValueError(f"no official counterpart of {name!r}; expected one of {sorted(OFFICIAL_MODELS)}")
+            torch.manual_seed(0)
+            with torch.device(device):
+                m = self.gpt_module.GPT_models[OFFICIAL_MODELS[name]](
+                    vocab_size=16384, block_size=256, num_classes=1000, cls_token_num=1, model_type="c2i")
+            torch.nn.init.normal_(m.output.weight, std=0.02)  # as build(): a non-degenerate distribution
+            self.models[name] = m.to(device=device, dtype=dtype).eval()
+        if not compiled:
+            return self.models[name]
+        if name not in self.compiled:
+            self.compiled[name] = torch.compile(self.models[name], mode="reduce-overhead", fullgraph=True)
+        return self.compiled[name]
+
+    def release(self) -> None:
+        self.models.clear()
+        self.compiled.clear()
+
+
 def limit(gpt: GPT, images: int, rows: int, bandwidth: float) -> dict[str, float]:
     """Bandwidth-bound time of generating ``images`` images over ``rows`` decoded rows."""
     c = gpt.config
@@ -93,17 +148,25 @@ def limit(gpt: GPT, images: int, rows: int, bandwidth: float) -> dict[str, float
 
 
 def run_case(
-    gpt: GPT, path: str, batch: int, cfg: float, repeats: int, device: torch.device, profile: str | None = None
+    gpt: GPT, path: str, batch: int, cfg: float, repeats: int, device: torch.device, profile: str | None = None,
+    official: tuple[OfficialSampler, torch.nn.Module] | None = None,
 ) -> dict:
     labels = torch.arange(batch, device=device) % gpt.config.num_classes
-    kwargs = dict(PATHS[path], cfg_scale=cfg)
+
+    def draw() -> torch.Tensor:
+        if official is not None:  # the official generate(): sampling as test_net.py calls it, CFG on all steps
+            torch.manual_seed(0)
+            sampler, model = official
+            return sampler.generate(model, labels, gpt.num_tokens, cfg_scale=cfg, cfg_interval=-1, temperature=1.0,
+                                    top_k=0, top_p=1.0, sample_logits=True)
+        gen = torch.Generator(device).manual_seed(0)
+        return sample(gpt, labels, generator=gen, **PATHS[path], cfg_scale=cfg)
 
     def once() -> float:
-        gen = torch.Generator(device).manual_seed(0)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        codes = sample(gpt, labels, generator=gen, **kwargs)
+        codes = draw()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         assert codes.shape == (batch, gpt.num_tokens)
@@ -130,7 +193,7 @@ def run_case(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=["gpt-b", "gpt-xxl"])
-    ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
+    ap.add_argument("--paths", nargs="+", default=[p for p in PATHS if not p.startswith("src-")], choices=list(PATHS))
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 64, 128, 256, 512])
     ap.add_argument("--cfg", nargs="+", type=float, default=[1.0, 2.0], help="guidance scales (1.0 = CFG-free)")
     ap.add_argument("--baseline-batches", nargs="+", type=int, default=[256],
@@ -141,14 +204,26 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", default="sample.jsonl")
     ap.add_argument("--profile", help="append each case's kernel table (one extra profiled run) to this file")
+    ap.add_argument("--official-src", help="root of a CVMI-Lab/VFMTok checkout: enables the src-official paths")
+    ap.add_argument("--split-tile", help="BLOCK_L,WARPS[,STAGES] of the flash-decoding attention kernel (bench/"
+                    "decode_attention.py picks them)")
     args = ap.parse_args()
+    if any(p.startswith("src-official") for p in args.paths) and not args.official_src:
+        ap.error("the src-official paths need --official-src PATH")
+    official = OfficialSampler(args.official_src) if args.official_src else None
+    if args.split_tile:
+        from vfmtok.ops import decode_triton
+
+        values = [int(v) for v in args.split_tile.split(",")]
+        decode_triton.SPLIT_BLOCK_L, decode_triton.SPLIT_WARPS = values[:2]
+        decode_triton.SPLIT_STAGES = values[2] if len(values) > 2 else 0
     device = torch.device(args.device)
     for name in ("recompile_limit", "cache_size_limit"):  # one compilation per batch shape
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, 64)
     bandwidth = copy_bandwidth(device)
     env = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "copy_bandwidth_Bps": bandwidth, "dtype": args.dtype}
+           "copy_bandwidth_Bps": bandwidth, "dtype": args.dtype, "split_tile": args.split_tile}
     print(json.dumps(env), flush=True)
     with open(args.out, "a") as f:
         f.write(json.dumps({"env": env}) + "\n")
@@ -156,7 +231,7 @@ def main() -> None:
         gpt = build(model, DTYPES[args.dtype], device)
         params = sum(p.numel() for p in gpt.parameters())
         for path in args.paths:
-            batches = args.baseline_batches if path.startswith("official") else args.batches
+            batches = args.baseline_batches if "official" in path else args.batches
             for cfg in args.cfg:
                 for batch in batches:
                     rows = batch * (2 if cfg != 1.0 else 1)
@@ -165,7 +240,10 @@ def main() -> None:
                     row = {"model": model, "params": params, "path": path, "batch": batch, "cfg": cfg, "rows": rows,
                            **env}
                     try:
-                        row.update(run_case(gpt, path, batch, cfg, args.repeats, device, args.profile))
+                        src = None
+                        if path.startswith("src-official"):
+                            src = official, official.model(model, DTYPES[args.dtype], device, path.endswith("compiled"))
+                        row.update(run_case(gpt, path, batch, cfg, args.repeats, device, args.profile, src))
                         row.update(limit(gpt, batch, rows, bandwidth))
                         row["fraction_of_limit"] = row["images_per_s"] / row["limit_images_per_s"]
                     except Exception as e:  # noqa: BLE001 - a failing case is recorded, the sweep goes on
@@ -178,11 +256,13 @@ def main() -> None:
                     with open(args.out, "a") as f:
                         f.write(json.dumps(row) + "\n")
                     clear_decoder_cache(gpt)
-                    if path == "official-compiled":
+                    if path in ("official-compiled", "src-official-compiled"):
                         torch._dynamo.reset()  # releases the cudagraph trees' memory
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
         del gpt
+        if official is not None:
+            official.release()
         clear_decoder_cache()
         if device.type == "cuda":
             torch.cuda.empty_cache()

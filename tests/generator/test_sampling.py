@@ -86,8 +86,9 @@ def test_kv_cache_equals_full_recompute(kwargs):
 
 @pytest.mark.parametrize(
     "options",
-    [{"fuse": False}, {"fuse": False, "fuse_w13": False}, True, {"compile_mode": "max-autotune-no-cudagraphs"}],
-    ids=["eager", "eager-unfused-w13", "compiled", "compiled-autotune"],
+    [{"fuse": False}, {"fuse": False, "fuse_w13": False}, True, {"compile_mode": "max-autotune-no-cudagraphs"},
+     {"fuse": False, "streams": 2}],
+    ids=["eager", "eager-unfused-w13", "compiled", "compiled-autotune", "eager-two-row-groups"],
 )
 def test_fast_path_equals_plain_path(options):
     """The fast decoder (issue 6) gives the plain path's tokens, same seed, fp32 on CPU; also after weight updates."""
@@ -119,6 +120,21 @@ def test_triton_kernels_path_equals_plain_path():
         assert len(set(fast.flatten().tolist())) > 5
 
 
+@pytest.mark.skipif(not decode_triton.triton_available() or os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="needs triton and TRITON_INTERPRET=1 (the Triton kernels on CPU)")
+def test_split_attention_path_equals_plain_path():
+    """attn_backend='triton' (the flash-decoding kernel between the layer halves) gives the plain path's tokens in
+    fp32, CFG rows included."""
+    gpt = _tiny(block_size=16)
+    labels = torch.tensor([0, 3])
+    kwargs = dict(cfg_scale=3.0, top_p=0.9)
+    plain = sample(gpt, labels, generator=torch.Generator().manual_seed(1), baseline="plain", **kwargs)
+    fast = sample(gpt, labels, generator=torch.Generator().manual_seed(1),
+                  compile={"fuse": False, "attn_backend": "triton"}, **kwargs)
+    assert torch.equal(plain, fast)
+    assert len(set(fast.flatten().tolist())) > 5
+
+
 def test_auto_kernels_fall_back_to_torch_when_triton_fails(monkeypatch, caplog):
     """kernels='auto' on a GPU where the Triton kernels fail (simulated): a warning, then the PyTorch path's tokens."""
     from vfmtok.generator import fast_decode
@@ -146,6 +162,9 @@ def test_triton_kernels_option_is_checked():
     with pytest.raises(ValueError, match="at most"):
         FastDecoder(gpt, decode_triton.MAX_ROWS + 1, kernels="triton")
     assert FastDecoder(gpt, 1, fuse=False).kernels == "torch"  # "auto" on CPU: the PyTorch path
+    assert FastDecoder(gpt, 1, fuse=False).attn_backend is None  # "auto" on CPU: SDPA
+    with pytest.raises(ValueError, match="streams"):
+        FastDecoder(gpt, 2, fuse=False, streams=3)
 
 
 def test_official_baseline_compiled_matches_eager():
@@ -257,11 +276,14 @@ def test_balanced_labels():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize(
-    "compile", [True, {"fuse": False}, {"kernels": "triton"}], ids=["fused", "graphs-only", "triton-kernels"]
+    "compile", [True, {"fuse": False}, {"kernels": "triton"}, {"attn_backend": "triton"},
+                {"attn_backend": "triton", "streams": 2}],
+    ids=["fused", "graphs-only", "triton-kernels", "split-attention", "split-attention-two-streams"],
 )
 def test_cuda_graph_paths_match_eager(compile):
     """fp32 on CUDA: same tokens as the eager path (the Triton kernels: PDL launches inside the captured graphs)."""
-    if compile == {"kernels": "triton"} and not decode_triton.triton_available():
+    options = compile if isinstance(compile, dict) else {}
+    if "triton" in (options.get("kernels"), options.get("attn_backend")) and not decode_triton.triton_available():
         pytest.skip("triton is not installed")
     gpt = _tiny().cuda()
     labels = torch.tensor([0, 3, 7, 9], device="cuda")
@@ -274,3 +296,19 @@ def test_cuda_graph_paths_match_eager(compile):
     plain = sample(gpt, labels[:3], generator=torch.Generator("cuda").manual_seed(6), **kwargs)
     assert torch.equal(plain, sample(gpt, labels[:3], generator=torch.Generator("cuda").manual_seed(6),
                                      compile=compile, **kwargs))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not decode_triton.triton_available(),
+                    reason="needs CUDA and triton")
+@pytest.mark.parametrize("options", [{"attn_backend": "triton"}, {"attn_backend": "triton", "kernels": "torch"}],
+                         ids=["default-kernels", "torch-kernels"])
+def test_split_attention_fast_path_equals_plain_path_on_cuda(options):
+    """fp32 on CUDA: the fast path with the flash-decoding attention (8 rows, and 2 rows under CFG where
+    kernels='auto' takes the small-batch kernels unless told otherwise) gives the plain path's tokens."""
+    gpt = _tiny().cuda()
+    for labels, kwargs in ((torch.arange(8, device="cuda"), dict(top_k=40, temperature=0.9)),
+                           (torch.tensor([1], device="cuda"), dict(cfg_scale=2.0, top_p=0.9))):
+        plain = sample(gpt, labels, generator=torch.Generator("cuda").manual_seed(7), baseline="plain", **kwargs)
+        fast = sample(gpt, labels, generator=torch.Generator("cuda").manual_seed(7), compile=options, **kwargs)
+        assert torch.equal(plain, fast), kwargs

@@ -86,6 +86,51 @@ def test_kernels_equal_module_path_on_cuda(m: int, dtype: torch.dtype) -> None:
     _check_kernels("cuda", dtype, m, d=1536, n_head=24, ffn=4096, atol=1e-4 if dtype == torch.float32 else 2e-2)
 
 
+def _check_split_attention(device: str, dtype: torch.dtype, m: int, n_head: int, head_dim: int, s_max: int,
+                           lengths: tuple[int, ...], splits: tuple, atol: float) -> None:
+    """split_attention against SDPA over the filled prefix, q and out as the fast decoder passes them (strided
+    views); NaN-poisoned outputs, so that every element must be written."""
+    g = torch.Generator().manual_seed(m * 7 + head_dim)
+    k, v = (torch.randn(m, n_head, s_max, head_dim, generator=g).to(device, dtype) for _ in range(2))
+    qkv = torch.randn(m, 1, 2 * n_head, head_dim, generator=g).to(device, dtype)
+    q = qkv.transpose(1, 2)[:, :n_head]  # (M, H, 1, Dh), strided like the decoder's q
+    for length in lengths:
+        ref = F.scaled_dot_product_attention(q.float(), k[:, :, :length].float(), v[:, :, :length].float())
+        for n_splits in splits:
+            buf = torch.full((m, 1, n_head, head_dim), float("nan"), device=device, dtype=dtype)
+            out = mod.split_attention(q[:, :, 0], k, v, length, buf[:, 0], splits=n_splits)
+            assert out.data_ptr() == buf.data_ptr()
+            torch.testing.assert_close(buf.transpose(1, 2).float(), ref, atol=atol, rtol=atol,
+                                       msg=lambda e: f"length {length}, splits {n_splits}: {e}")
+
+
+@needs_triton
+@interpreted
+@pytest.mark.parametrize("stages", [0, 2])
+def test_interpreted_split_attention_equals_sdpa_on_cpu(monkeypatch, stages: int) -> None:
+    # 4 positions per block in the interpreter: lengths of one position, one block, and several partial blocks;
+    # one split (direct store), several (combine pass), and the automatic choice; the block loop unrolled or as a
+    # pipelined loop
+    monkeypatch.setattr(mod, "SPLIT_STAGES", stages)
+    _check_split_attention("cpu", torch.float32, 3, 2, 12, 23, lengths=(1, 4, 23), splits=(None, 1, 2), atol=1e-5)
+    _check_split_attention("cpu", torch.float32, 1, 3, 16, 23, lengths=(17,), splits=(None, 3, 5), atol=1e-5)
+    assert mod.attention_splits(programs=24, length=257, sms=132, block_l=64) == (5, 1)  # batch 1: spread out
+    assert mod.attention_splits(programs=896 * 24, length=257, sms=132, block_l=64) == (1, 5)  # no combine pass
+
+
+@needs_triton
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("m", [1, 7, 512])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("stages", [0, 3])
+def test_split_attention_equals_sdpa_on_cuda(monkeypatch, m: int, dtype: torch.dtype, stages: int) -> None:
+    # the GPT-XXL head shape and cache length (257 positions); 512 rows: one split per (row, head)
+    monkeypatch.setattr(mod, "SPLIT_STAGES", stages)
+    atol = 1e-5 if dtype == torch.float32 else 1e-2
+    _check_split_attention("cuda", dtype, m, 24, 64, 257, lengths=(1, 64, 130, 257), splits=(None, 1, 3), atol=atol)
+
+
 def test_errors_name_the_problem() -> None:
     x = torch.zeros(2, 8)
     if not mod.triton_available():
@@ -103,3 +148,10 @@ def test_errors_name_the_problem() -> None:
     with pytest.raises(ValueError, match="position"):
         mod.norm_qkv_rope(x, torch.ones(8), torch.zeros(24, 8), torch.zeros(2, 2), torch.zeros(2, 2, 4),
                           torch.zeros(2, 2, 3, 4), torch.zeros(2, 2, 3, 4), pos=3)
+    cache = torch.zeros(2, 2, 5, 4)
+    with pytest.raises(ValueError, match="length"):
+        mod.split_attention(torch.zeros(2, 2, 4), cache, cache, 6, torch.zeros(2, 2, 4))
+    with pytest.raises(ValueError, match="must be"):
+        mod.split_attention(torch.zeros(2, 3, 4), cache, cache, 5, torch.zeros(2, 2, 4))
+    with pytest.raises(ValueError, match="splits"):
+        mod.split_attention(torch.zeros(2, 2, 4), cache, cache, 5, torch.zeros(2, 2, 4), splits=0)

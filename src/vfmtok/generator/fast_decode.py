@@ -9,6 +9,9 @@ too. :class:`FastDecoder` removes both:
   ``_post`` (``wo``, residual, RMSNorm, SwiGLU with ``w1``/``w3`` as one matrix product), compiled once with
   ``torch.compile`` and shared by all layers (the weights are arguments); attention between them runs over the filled
   prefix only, ``cache[:, :, :t + 1]``, with no mask;
+- from :data:`SPLIT_ATTENTION_MIN_ROWS` rows on CUDA (``attn_backend="auto"``), the attention is the flash-decoding
+  Triton kernel :func:`vfmtok.ops.decode_triton.split_attention` instead of SDPA (it streams the cache prefix at
+  86 % of the copy bandwidth inside the H200 step);
 - on CUDA, one CUDA graph per position (the class position included) is captured (the prefix length is fixed inside
   each graph), all sharing one memory pool and writing the logits into one static buffer, so a step is one
   ``replay()`` and the host never waits.
@@ -97,6 +100,20 @@ def _auto_kernels(weight: Tensor, rows: int) -> str:
     return "triton" if usable and rows <= TRITON_MAX_ROWS else "torch"
 
 
+SPLIT_ATTENTION_MIN_ROWS = 768
+"""Fewest rows for which ``attn_backend="auto"`` takes the flash-decoding Triton kernel instead of SDPA: measured
+faster in the whole step on the H200 at 768 and 896 rows (GPT-XXL; docs/results/performance.md); below, not measured
+in the step, and the attention alone was no faster than SDPA at 256 rows over the full prefix."""
+
+
+def _auto_attention(weight: Tensor, rows: int) -> str | None:
+    """``attn_backend="auto"``: ``"triton"`` on CUDA (compute capability >= 8.0, Triton installed) from
+    SPLIT_ATTENTION_MIN_ROWS rows, else None (SDPA)."""
+    usable = (weight.is_cuda and decode_triton.triton_available()
+              and torch.cuda.get_device_capability(weight.device) >= (8, 0))
+    return "triton" if usable and rows >= SPLIT_ATTENTION_MIN_ROWS else None
+
+
 _BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION",
              "math": "MATH"}
 
@@ -123,8 +140,11 @@ class FastDecoder:
         fuse: run ``_pre``/``_post``/``_head`` under ``torch.compile`` (one compilation shared by all layers).
         graphs: capture a CUDA graph per position (CUDA only).
         fuse_w13: one ``[w1; w3]`` matrix product instead of two (extra memory: the FFN input weights once more).
-        attn_backend: None (PyTorch picks) or the SDPA kernel to force: ``"flash"``, ``"efficient"``, ``"cudnn"``,
-            ``"math"``.
+        attn_backend: the attention between the layer halves: None (SDPA, PyTorch picks), an SDPA kernel to force
+            (``"flash"``, ``"efficient"``, ``"cudnn"``, ``"math"``), ``"triton"``: the flash-decoding kernel
+            :func:`vfmtok.ops.decode_triton.split_attention` (one query per row over the filled prefix, split along
+            the sequence until every multiprocessor has work; needs Triton and CUDA tensors, or its interpreter), or
+            ``"auto"``: ``"triton"`` on CUDA with Triton from :data:`SPLIT_ATTENTION_MIN_ROWS` rows, else None.
         compile_mode: ``torch.compile`` mode of the fused functions (None: default; e.g.
             ``"max-autotune-no-cudagraphs"`` lets Inductor try Triton matrix-product templates with fused epilogues;
             never a cudagraph mode: the graphs are captured here).
@@ -134,6 +154,10 @@ class FastDecoder:
             (compute capability >= 8.0) with Triton installed and at most :data:`TRITON_MAX_ROWS` rows, else
             ``"torch"``; if the Triton kernels fail on their first step (a GPU or Triton version they do not compile
             for), ``"auto"`` logs a warning and takes ``"torch"``.
+        streams: with the ``"torch"`` kernels, split the rows into this many groups, each with its own KV cache,
+            decoded on its own CUDA stream (forked and joined inside each position's graph), so that one group's
+            attention (memory-bound) can overlap another's matrix products (compute-bound); on CPU the groups run one
+            after the other (same arithmetic, for tests). 1: one group.
 
     Usage: ``logits = dec.prefill(labels)``, then ``logits = dec.decode(tokens, t)`` for t = 0 .. n - 2 (token t
     enters at position t + 1). Logits are (rows, V) float32; on the graph path and with the Triton kernels they live in
@@ -142,13 +166,20 @@ class FastDecoder:
 
     def __init__(
         self, gpt: GPT, rows: int, *, fuse: bool = True, graphs: bool = True, fuse_w13: bool = True,
-        attn_backend: str | None = None, compile_mode: str | None = None, kernels: str = "auto",
+        attn_backend: str | None = "auto", compile_mode: str | None = None, kernels: str = "auto", streams: int = 1,
     ) -> None:
+        if not 1 <= streams <= rows:
+            raise ValueError(f"streams={streams}: expected 1 <= streams <= rows ({rows})")
         if compile_mode not in (None, "default", "max-autotune-no-cudagraphs"):
             raise ValueError(f"compile_mode {compile_mode!r}: expected None, 'default' or 'max-autotune-no-cudagraphs' "
                              "(no CUDA-graph mode: the decoder captures its own graphs)")
-        if attn_backend is not None and attn_backend not in _BACKENDS:
-            raise ValueError(f"unknown attn_backend {attn_backend!r}; expected None or one of {sorted(_BACKENDS)}")
+        if attn_backend is not None and attn_backend not in _BACKENDS and attn_backend not in ("triton", "auto"):
+            raise ValueError(f"unknown attn_backend {attn_backend!r}; expected None, 'auto', 'triton' or one of "
+                             f"{sorted(_BACKENDS)}")
+        if attn_backend == "auto":
+            attn_backend = _auto_attention(gpt.tok_embeddings.weight, rows)
+        if attn_backend == "triton" and not decode_triton.triton_available():
+            raise ValueError("attn_backend='triton' needs the `triton` package (it comes with PyTorch's CUDA wheels)")
         if kernels not in ("auto", "torch", "triton"):
             raise ValueError(f"unknown kernels {kernels!r}; expected 'auto', 'torch' or 'triton'")
         self.attn_backend = attn_backend
@@ -161,10 +192,25 @@ class FastDecoder:
         self.gpt, self.rows, self.device = gpt, rows, weight.device
         self.graphs = graphs and weight.is_cuda
         self.eps, self.n_head, self.n = c.norm_eps, c.n_head, gpt.num_tokens
-        shape = (rows, c.n_head, 1 + c.block_size, c.head_dim)
-        self.k = [torch.zeros(shape, dtype=weight.dtype, device=self.device) for _ in range(c.n_layer)]
-        self.v = [torch.zeros_like(t) for t in self.k]
-        self.zero = torch.zeros(rows, 1, c.dim, dtype=weight.dtype, device=self.device)  # residual delta of layer 0
+        if self.kernels == "triton":
+            streams = 1
+        # row groups [lo, hi) (one unless streams > 1), each with its own per-layer caches, so that every compiled
+        # call sees inputs of one layout
+        bounds = [rows * g // streams for g in range(streams + 1)]
+        self._groups = list(zip(bounds[:-1], bounds[1:]))
+        self._k, self._v, self._attn_out = [], [], []
+        for lo, hi in self._groups:
+            shape = (hi - lo, c.n_head, 1 + c.block_size, c.head_dim)
+            self._k.append([torch.zeros(shape, dtype=weight.dtype, device=self.device) for _ in range(c.n_layer)])
+            self._v.append([torch.zeros_like(t) for t in self._k[-1]])
+            # attn_backend="triton": the attention output as (rows, 1, H, Dh), so that `wo` reads it without a copy
+            self._attn_out.append(torch.empty(hi - lo, 1, c.n_head, c.head_dim, dtype=weight.dtype,
+                                              device=self.device))
+        self.k, self.v = self._k[0], self._v[0]  # the caches of the first (with one group: every) row
+        self._streams = [torch.cuda.Stream(self.device) for _ in self._groups] if streams > 1 and weight.is_cuda else []
+        # residual delta of layer 0, per group (each its own tensor, as the caches)
+        self._zero = [torch.zeros(hi - lo, 1, c.dim, dtype=weight.dtype, device=self.device)
+                      for lo, hi in self._groups]
         # per-position inputs, each its own tensor (same layout for every compiled call)
         self.pos = [torch.tensor([p], device=self.device) for p in range(1 + c.block_size)]
         self.ropes = [gpt.freqs_cis[p : p + 1].clone() for p in range(1 + c.block_size)]
@@ -221,7 +267,7 @@ class FastDecoder:
 
     def _forward(self, h: Tensor, p: int) -> Tensor:
         """Run position ``p`` for input embeddings h (rows, 1, D) -> (rows, V) float32 logits."""
-        if self.attn_backend is None:
+        if self.attn_backend is None or self.attn_backend == "triton":
             return self._layers(h, p)
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -231,13 +277,40 @@ class FastDecoder:
     def _layers(self, h: Tensor, p: int) -> Tensor:
         if self.kernels == "triton":
             return self._triton_layers(h, p)
-        delta = self.zero
+        if len(self._groups) == 1:
+            return self._group_layers(h, p, 0)
+        if not self._streams:  # CPU: the groups one after the other
+            return torch.cat([self._group_layers(h[lo:hi], p, g) for g, (lo, hi) in enumerate(self._groups)])
+        main = torch.cuda.current_stream(self.device)
+        out = []
+        for g, ((lo, hi), stream) in enumerate(zip(self._groups, self._streams)):
+            stream.wait_stream(main)  # fork: the embeddings are ready
+            with torch.cuda.stream(stream):
+                out.append(self._group_layers(h[lo:hi], p, g))
+        for stream in self._streams:
+            main.wait_stream(stream)  # join before the logits are read
+        return torch.cat(out)
+
+    def _group_layers(self, h: Tensor, p: int, g: int) -> Tensor:
+        """The layers and head for row group g: h (rows_g, 1, D) -> (rows_g, V) float32 logits."""
+        delta = self._zero[g]
         rope, pos = self.ropes[p], self.pos[p]
+        k, v = self._k[g], self._v[g]
         for i, w in enumerate(self.layers):
-            x, q = self._pre(h, delta, w.attn_norm, w.wqkv, rope, self.k[i], self.v[i], pos, self.eps, self.n_head)
-            attn = F.scaled_dot_product_attention(q, self.k[i][:, :, : p + 1], self.v[i][:, :, : p + 1])
+            x, q = self._pre(h, delta, w.attn_norm, w.wqkv, rope, k[i], v[i], pos, self.eps, self.n_head)
+            attn = self._attention(q, k[i], v[i], p, self._attn_out[g])
             h, delta = self._post(x, attn, w.wo, w.ffn_norm, w.w13, w.w1, w.w3, w.w2, self.eps)
         return self._head(h, delta, self.gpt.norm.weight, self.gpt.output.weight, self.eps)
+
+    def _attention(self, q: Tensor, k: Tensor, v: Tensor, p: int, out: Tensor) -> Tensor:
+        """q (rows, H, 1, Dh) over cache positions [0, p] of k, v: (rows, H, 1, Dh) (in ``out`` under "triton")."""
+        if self.attn_backend != "triton":
+            return F.scaled_dot_product_attention(q, k[:, :, : p + 1], v[:, :, : p + 1])
+        q = q[:, :, 0]
+        if q.stride(-1) != 1:
+            q = q.contiguous()
+        decode_triton.split_attention(q, k, v, p + 1, out[:, 0])
+        return out.transpose(1, 2)
 
     def _triton_layers(self, h: Tensor, p: int) -> Tensor:
         """The step as five Triton kernels per layer; h (rows, 1, D) embeddings -> (rows, V) float32 logits."""

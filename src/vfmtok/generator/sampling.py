@@ -223,8 +223,8 @@ class _PlainDecoder:
 _COMPILED: weakref.WeakKeyDictionary[GPT, tuple[tuple, FastDecoder | _OfficialCompiledDecoder]] = (
     weakref.WeakKeyDictionary()
 )
-FAST_DEFAULTS = {"fuse": True, "graphs": True, "fuse_w13": True, "attn_backend": None, "compile_mode": None,
-                 "kernels": "auto"}
+FAST_DEFAULTS = {"fuse": True, "graphs": True, "fuse_w13": True, "attn_backend": "auto", "compile_mode": None,
+                 "kernels": "auto", "streams": 1}
 
 
 def clear_decoder_cache(gpt: GPT | None = None) -> None:
@@ -290,8 +290,8 @@ def generate(
             to ``[cond; null]`` rows when any step's scale differs from 1.
         compile: the fast path (:class:`~vfmtok.generator.fast_decode.FastDecoder`: fused layer halves under
             ``torch.compile``, one CUDA graph per position on CUDA); True, or a dict of its options (``FAST_DEFAULTS``:
-            ``fuse``, ``graphs``, ``fuse_w13``, ``attn_backend``, ``compile_mode``, ``kernels``). The decoder is kept per model until the batch shape changes. With
-            ``baseline="official"``: the official step under ``torch.compile(mode="reduce-overhead")``.
+            ``fuse``, ``graphs``, ``fuse_w13``, ``attn_backend``, ``compile_mode``, ``kernels``, ``streams``). The
+            decoder is kept per model until the batch shape changes. With ``baseline="official"``: the official step under ``torch.compile(mode="reduce-overhead")``.
         baseline: None (KV cache over the filled prefix), ``"plain"`` (full recompute) or ``"official"``
             (LlamaGen's full-length masked cache).
 

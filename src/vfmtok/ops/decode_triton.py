@@ -14,6 +14,10 @@ A layer is four products and one attention: five kernels. Each program loads its
 depend on the previous kernel; on Hopper GPUs the kernels are launched as programmatic dependent launches, so those
 loads overlap the previous kernel's end, and only then wait (``gdc_wait``) for the activations.
 
+For large batches, where the layer's products are cuBLAS's, :func:`split_attention` is the flash-decoding attention
+between them: one query per (row, head) over the filled prefix, split along the sequence until every multiprocessor
+has work, then a combine pass (one split per (row, head), and no combine pass, once the rows alone fill the GPU).
+
 Products accumulate in float32 and are rounded to the model dtype before the RoPE, residual add or SwiGLU that follows,
 as ``F.linear`` rounds its output (:mod:`vfmtok.generator.gpt`). RMSNorm is folded into the product: the sum of squares
 is taken from the same x blocks, and ``1/rms`` scales the product's float32 result, ``(x * g) @ W^T / rms(x)``, where
@@ -324,6 +328,89 @@ if triton is not None:
         out = acc / l_i
         tl.store(out_ptr + pid * HEAD_DIM + offs_d, out.to(out_ptr.dtype.element_ty), mask=mask_d)
 
+    @triton.jit
+    def _attend_block(q, k_ptr, v_ptr, base, offs_s, offs_d, mask_d, length, m_i, l_i, acc, HEAD_DIM: tl.constexpr):
+        """Online-softmax update of (m_i, l_i, acc) with the cache positions offs_s (those below length)."""
+        mask_s = offs_s < length
+        offs = base + offs_s[:, None] * HEAD_DIM + offs_d[None, :]
+        kv_mask = mask_s[:, None] & mask_d[None, :]
+        k = tl.load(k_ptr + offs, mask=kv_mask, other=0.0).to(tl.float32)  # (BLOCK_L, BLOCK_D)
+        v = tl.load(v_ptr + offs, mask=kv_mask, other=0.0).to(tl.float32)
+        s = tl.where(mask_s, tl.sum(k * q[None, :], axis=1), float("-inf"))  # (BLOCK_L,)
+        m_new = tl.maximum(m_i, tl.max(s, axis=0))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new)
+        l_i = l_i * alpha + tl.sum(p, axis=0)
+        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+        return m_new, l_i, acc
+
+    @triton.jit
+    def _split_attention_kernel(
+        q_ptr, k_ptr, v_ptr, out_ptr, part_ptr, length, scale, H, stride_qm, stride_qh, stride_om, stride_oh,
+        stride_cm, stride_ch, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+        BLOCKS: tl.constexpr, DIRECT: tl.constexpr, STAGES: tl.constexpr,
+    ):
+        """Program (row * H + head, split): softmax attention of one query over the cache positions
+        ``[split * BLOCKS * BLOCK_L, ...)`` below ``length``, BLOCKS blocks of BLOCK_L positions.
+
+        DIRECT (one split): the normalised output is stored at ``out[row, head]``. Otherwise the split's running max
+        m, its sum of exponentials l and the unnormalised float32 sum ``acc`` go to ``part[row * H + head, split]``
+        as ``[acc (BLOCK_D), m, l]`` for :func:`_combine_kernel`. Every split holds at least one position (the host
+        takes ``cdiv(length, BLOCKS * BLOCK_L)`` splits), so m is finite after the first block. STAGES = 0: the
+        block loop unrolled; else a loop software-pipelined STAGES deep (the next blocks' loads in flight)."""
+        pid = tl.program_id(0)
+        split = tl.program_id(1)
+        m = pid // H
+        h = pid % H
+        offs_d = tl.arange(0, BLOCK_D)
+        mask_d = offs_d < HEAD_DIM
+        q = tl.load(q_ptr + m * stride_qm + h * stride_qh + offs_d, mask=mask_d, other=0.0).to(tl.float32) * scale
+        base = m.to(tl.int64) * stride_cm + h * stride_ch
+        start = split * (BLOCKS * BLOCK_L)
+        m_i = tl.max(tl.full([BLOCK_L], float("-inf"), dtype=tl.float32), axis=0)
+        l_i = tl.sum(tl.zeros([BLOCK_L], dtype=tl.float32), axis=0)
+        acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        if STAGES == 0:
+            for b in tl.static_range(BLOCKS):
+                offs_s = start + b * BLOCK_L + tl.arange(0, BLOCK_L)
+                m_i, l_i, acc = _attend_block(q, k_ptr, v_ptr, base, offs_s, offs_d, mask_d, length, m_i, l_i, acc,
+                                              HEAD_DIM)
+        else:
+            for b in tl.range(0, BLOCKS, num_stages=STAGES):
+                offs_s = start + b * BLOCK_L + tl.arange(0, BLOCK_L)
+                m_i, l_i, acc = _attend_block(q, k_ptr, v_ptr, base, offs_s, offs_d, mask_d, length, m_i, l_i, acc,
+                                              HEAD_DIM)
+        if DIRECT:
+            tl.store(out_ptr + m * stride_om + h * stride_oh + offs_d, (acc / l_i).to(out_ptr.dtype.element_ty),
+                     mask=mask_d)
+        else:
+            part = part_ptr + (pid.to(tl.int64) * tl.num_programs(1) + split) * (BLOCK_D + 2)
+            tl.store(part + offs_d, acc)
+            tl.store(part + BLOCK_D, m_i)
+            tl.store(part + BLOCK_D + 1, l_i)
+
+    @triton.jit
+    def _combine_kernel(
+        part_ptr, out_ptr, splits, H, stride_om, stride_oh, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+        BLOCK_S: tl.constexpr,
+    ):
+        """Program row * H + head: merge its ``splits`` partial softmax sums, ``sum_s e^(m_s - M) acc_s /
+        sum_s e^(m_s - M) l_s`` with M the largest m_s, and store the output."""
+        pid = tl.program_id(0)
+        m = pid // H
+        h = pid % H
+        offs_s = tl.arange(0, BLOCK_S)
+        offs_d = tl.arange(0, BLOCK_D)
+        mask_s = offs_s < splits
+        base = part_ptr + (pid.to(tl.int64) * splits + offs_s) * (BLOCK_D + 2)  # (BLOCK_S,)
+        m_s = tl.load(base + BLOCK_D, mask=mask_s, other=float("-inf"))
+        l_s = tl.load(base + BLOCK_D + 1, mask=mask_s, other=0.0)
+        acc = tl.load(base[:, None] + offs_d[None, :], mask=mask_s[:, None], other=0.0)  # (BLOCK_S, BLOCK_D)
+        w = tl.where(mask_s, tl.exp(m_s - tl.max(m_s, axis=0)), 0.0)
+        out = tl.sum(w[:, None] * acc, axis=0) / tl.sum(w * l_s, axis=0)
+        tl.store(out_ptr + m * stride_om + h * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty),
+                 mask=offs_d < HEAD_DIM)
+
     _KEY = ["M", "N", "K"]
     _gemv_kernels = {}
     _swiglu_kernels = {}
@@ -466,4 +553,101 @@ def decode_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, length: int, o
         S_MAX=s_max, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_L=block_l, num_warps=4 if _INTERPRET else ATTENTION_WARPS,
         **_launch(q),
     )
+    return out
+
+
+SPLIT_BLOCK_L = 64
+"""Cache positions per block of :func:`split_attention` (a switch for measurements: bench/decode_attention.py)."""
+
+SPLIT_WARPS = 2
+"""Warps per program of :func:`split_attention` (a switch for measurements). 64 positions x 2 warps was the fastest
+tile on the H200 at 256-896 rows (bench/decode_attention.py; docs/results/performance.md)."""
+
+SPLIT_STAGES = 0
+"""Software-pipelining depth of :func:`split_attention`'s block loop (0: unrolled; a switch for measurements)."""
+
+SPLIT_MIN_PROGRAMS = 4
+""":func:`split_attention` splits the sequence until there are at least this many programs per multiprocessor."""
+
+_SM_COUNTS: dict[int, int] = {}
+
+
+def _sm_count(t: Tensor) -> int:
+    if not t.is_cuda:
+        return 4  # the interpreter: a few, so that the tests split
+    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNTS:
+        _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNTS[index]
+
+
+def attention_splits(programs: int, length: int, sms: int, block_l: int) -> tuple[int, int]:
+    """``(splits, blocks)`` of :func:`split_attention`: ``programs`` (rows x heads) query programs over ``length``
+    cache positions, each split ``blocks`` blocks of ``block_l`` positions.
+
+    One split per (row, head) when those fill ``SPLIT_MIN_PROGRAMS`` programs per multiprocessor (large batches:
+    no combine pass); otherwise into as many chunks of whole blocks as that needs (a chunk holds at least one block)."""
+    total = -(-length // block_l)
+    splits = min(total, max(1, -(-SPLIT_MIN_PROGRAMS * sms // programs)))
+    blocks = -(-total // splits)
+    return -(-total // blocks), blocks
+
+
+def split_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, length: int, out: Tensor,
+                    splits: int | None = None) -> Tensor:
+    """Flash-decoding: attention of one query per (row, head) over cache positions ``[0, length)``, split along the
+    sequence so that every multiprocessor has work at any batch, then (with more than one split) a combine pass.
+
+    Same function as ``F.scaled_dot_product_attention(q, k[:, :, :length], v[:, :, :length])`` (scale 1/sqrt(Dh),
+    no mask), accumulated in float32; the keys and values are read once, straight from the cache.
+
+    Args:
+        q: (M, H, Dh), any strides with a contiguous last dimension (e.g. a view of (M, H, 1, Dh)).
+        k_cache, v_cache: (M, H, S_max, Dh) contiguous; CFG's ``[cond; uncond]`` rows are rows like any other.
+        length: filled positions, 1 <= length <= S_max.
+        out: (M, H, Dh) with a contiguous last dimension (e.g. a (M, 1, H, Dh) buffer transposed, so that the
+            output projection reads it without a copy); written.
+        splits: split into this many chunks of whole blocks, or as near as the blocks allow (None:
+            :func:`attention_splits`; for tests).
+
+    Returns:
+        ``out``.
+    """
+    _check(k_cache, v_cache)
+    for t in (q, out):
+        if not t.is_cuda and not _INTERPRET:
+            _check(t)  # the device error
+        if t.dim() != 3 or t.stride(-1) != 1:
+            raise ValueError(f"split_attention takes q and out as (M, H, Dh) with unit last stride "
+                             f"(got shape {tuple(t.shape)}, strides {t.stride()})")
+    m, n_head, s_max, head_dim = k_cache.shape
+    if tuple(q.shape) != (m, n_head, head_dim) or tuple(out.shape) != (m, n_head, head_dim):
+        raise ValueError(f"split_attention: q {tuple(q.shape)} and out {tuple(out.shape)} must be "
+                         f"{(m, n_head, head_dim)} for a cache of shape {tuple(k_cache.shape)}")
+    if not 1 <= length <= s_max:
+        raise ValueError(f"attention length {length} outside the cache (length {s_max})")
+    block_l = 4 if _INTERPRET else SPLIT_BLOCK_L  # small blocks in the interpreter: the tests cover the loops
+    total = -(-length // block_l)
+    if splits is None:
+        splits, blocks = attention_splits(m * n_head, length, _sm_count(k_cache), block_l)
+    else:
+        if splits < 1:
+            raise ValueError(f"splits={splits}: expected at least 1")
+        blocks = -(-total // min(splits, total))
+        splits = -(-total // blocks)
+    block_d = triton.next_power_of_2(head_dim)
+    part = out if splits == 1 else torch.empty(m * n_head * splits * (block_d + 2), dtype=torch.float32,
+                                               device=out.device)
+    warps = 1 if _INTERPRET else SPLIT_WARPS
+    _split_attention_kernel[(m * n_head, splits)](
+        q, k_cache, v_cache, out, part, length, head_dim ** -0.5, n_head, q.stride(0), q.stride(1), out.stride(0),
+        out.stride(1), k_cache.stride(0), k_cache.stride(1), HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_L=block_l,
+        BLOCKS=blocks, DIRECT=splits == 1, STAGES=SPLIT_STAGES, num_warps=warps,
+        **({"num_stages": SPLIT_STAGES} if SPLIT_STAGES and not _INTERPRET else {}),
+    )
+    if splits > 1:
+        _combine_kernel[(m * n_head,)](
+            part, out, splits, n_head, out.stride(0), out.stride(1), HEAD_DIM=head_dim, BLOCK_D=block_d,
+            BLOCK_S=triton.next_power_of_2(splits), num_warps=warps,
+        )
     return out
