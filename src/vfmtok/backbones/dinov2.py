@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..hub import PretrainedMixin
+from ..ops.precision import at_least_fp32
 from .base import BackboneConfig, BackboneOutput, FrozenBackbone
 
 __all__ = ["DinoV2Backbone", "swiglu_hidden_dim"]
@@ -215,7 +216,7 @@ class DinoV2Backbone(PretrainedMixin, FrozenBackbone):
         m = math.isqrt(n)
         if m * m != n:
             raise ValueError(f"pos_embed holds {n} patch positions, not a square grid")
-        pos = self.pos_embed.float()
+        pos = at_least_fp32(self.pos_embed)
         cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
         d = patch_pos.shape[-1]
         off = self.config.interpolate_offset

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.ms_deform_attn import MSDeformAttn
+from ..ops.precision import at_least_fp32
 
 
 class Attention(nn.Module):
@@ -157,7 +158,7 @@ class EncoderLayer(nn.Module):
         ``values``: (B, S, dim) flattened levels. ``collect`` receives the layer's :class:`DeformSampling`."""
         if self.attention_fp32:
             # The official layer forces fp32 for both attentions (its CUDA kernel needs fp32): no autocast, fp32 inputs.
-            src, pos, reference_points, values = (None if t is None else t.float()
+            src, pos, reference_points, values = (None if t is None else at_least_fp32(t)
                                                   for t in (src, pos, reference_points, values))
             precision = torch.autocast(device_type=src.device.type, enabled=False)
         else:  # the caller's autocast applies (bf16 values and self-attention); sampling locations stay fp32

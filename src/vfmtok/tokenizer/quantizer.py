@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.precision import at_least_fp32
+
 
 class QuantizerLosses(NamedTuple):
     """Scalar float32 losses in the normalised space, already weighted as the official code weights them.
@@ -83,7 +85,7 @@ class VectorQuantizer(nn.Module):
 
     def codebook(self) -> Tensor:
         """(K, e) float32 unit-norm codebook rows (rows are re-normalised on every use, as officially)."""
-        return F.normalize(self.embedding.weight.float(), p=2, dim=-1)
+        return F.normalize(at_least_fp32(self.embedding.weight), p=2, dim=-1)
 
     def lookup(self, idx: Tensor) -> Tensor:
         """``idx``: int64 (...) in [0, K) -> (..., e) float32 unit-norm code vectors."""
@@ -92,7 +94,7 @@ class VectorQuantizer(nn.Module):
     def distances(self, z: Tensor) -> Tensor:
         """Squared distances (N, K) in float32 between normalised latents ``z`` (N, e) and the codebook."""
         with torch.autocast(device_type=z.device.type, enabled=False):
-            z = F.normalize(z.float(), p=2, dim=-1)
+            z = F.normalize(at_least_fp32(z), p=2, dim=-1)
             e = self.codebook()
             return z.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2.0 * torch.einsum("bd,dn->bn", z, e.t())
 
@@ -102,7 +104,7 @@ class VectorQuantizer(nn.Module):
         if e != self.dim:
             raise ValueError(f"VectorQuantizer: expected latents of width {self.dim}, got {e}")
         with torch.autocast(device_type=z.device.type, enabled=False):
-            z = F.normalize(z.float(), p=2, dim=-1)  # (B, L, e)
+            z = F.normalize(at_least_fp32(z), p=2, dim=-1)  # (B, L, e)
             d = self.distances(z.reshape(-1, e))  # (B*L, K)
             idx = d.argmin(dim=1)  # (B*L,)
             codes = self.codebook()[idx].view(b, n, e)
