@@ -204,7 +204,8 @@ class DinoV2Backbone(PretrainedMixin, FrozenBackbone):
 
     # -- tokens ---------------------------------------------------------------------------------------------------
     def interpolate_pos_encoding(self, h: int, w: int) -> Tensor:
-        """Position table for an ``h x w`` patch grid -> (1, 1 + h*w, D) float32 (or the stored table untouched).
+        """Position table for an ``h x w`` patch grid -> (1, 1 + h*w, D) float32 (float64 for a float64 table; or the
+        stored table untouched).
 
         Same semantics as the official code: no resampling when the grid is the stored one; otherwise the patch
         part is resampled in float32 with ``scale_factor = (h + offset) / sqrt(N), (w + offset) / sqrt(N)``

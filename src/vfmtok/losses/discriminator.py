@@ -140,7 +140,7 @@ class BatchNormLocal(nn.Module):
         return (x - mean) / torch.sqrt(var + self.eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x``: (B, C, N) -> (B, C, N) float32."""
+        """``x``: (B, C, N) -> (B, C, N) float32 (float64 stays float64)."""
         b, c, n = x.shape
         x = at_least_fp32(x)
         groups = math.ceil(b / self.virtual_batch)
@@ -253,13 +253,15 @@ class DinoDiscriminator(nn.Module):
         return x
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x``: (B, 3, H, W) images in [-1, 1] -> (B, sum_i N_i) float32 per-token logits, levels concatenated."""
+        """``x``: (B, 3, H, W) images in [-1, 1] -> (B, sum_i N_i) float32 per-token logits, levels concatenated
+        (float64 for a float64 discriminator and input)."""
         feats = self._features[0](self.prepare_input(at_least_fp32(x)))
         if len(feats) != len(self.heads):
             raise ValueError(f"DinoDiscriminator: the feature function returned {len(feats)} levels, the config has "
                              f"{len(self.heads)} heads (feature_dims={self.config.feature_dims})")
         b = x.shape[0]
-        logits = [head(at_least_fp32(f).transpose(1, 2)).view(b, -1) for head, f in zip(self.heads, feats)]  # (B, N_i) each
+        # (B, N_i) each
+        logits = [head(at_least_fp32(f).transpose(1, 2)).view(b, -1) for head, f in zip(self.heads, feats)]
         return torch.cat(logits, dim=1)
 
 

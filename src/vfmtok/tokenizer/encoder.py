@@ -157,7 +157,8 @@ class EncoderLayer(nn.Module):
         """``src``: (B, L, dim) anchors; ``pos``: (1, L, dim); ``reference_points``: (1, L, n_levels, 2);
         ``values``: (B, S, dim) flattened levels. ``collect`` receives the layer's :class:`DeformSampling`."""
         if self.attention_fp32:
-            # The official layer forces fp32 for both attentions (its CUDA kernel needs fp32): no autocast, fp32 inputs.
+            # The official layer forces fp32 for both attentions (its CUDA kernel needs fp32): no autocast, inputs
+            # at least fp32 (a float64 model stays float64).
             src, pos, reference_points, values = (None if t is None else at_least_fp32(t)
                                                   for t in (src, pos, reference_points, values))
             precision = torch.autocast(device_type=src.device.type, enabled=False)
