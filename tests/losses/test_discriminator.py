@@ -83,7 +83,8 @@ def test_batchnorm_local_matches_per_group_statistics() -> None:
     # 9 samples -> ceil(9 / 8) = 2 groups of 5 and 4
     z = BatchNormLocal(4, virtual_batch=8)(x[:9])
     torch.testing.assert_close(z[5:], BatchNormLocal(4, virtual_batch=8)(x[5:9]))
-    assert y.dtype == torch.float32 and BatchNormLocal(4)(x.double()).dtype == torch.float32
+    assert y.dtype == torch.float32 and BatchNormLocal(4)(x.bfloat16()).dtype == torch.float32
+    assert BatchNormLocal(4)(x.double()).dtype == torch.float64  # a float32 island: at least float32
 
 
 def test_dino_head_parameter_count_matches_reference() -> None:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..hub import PretrainedMixin
+from ..ops.precision import at_least_fp32
 from .base import BackboneConfig, BackboneOutput, FrozenBackbone
 
 __all__ = ["DinoV2Backbone", "swiglu_hidden_dim"]
@@ -203,7 +204,8 @@ class DinoV2Backbone(PretrainedMixin, FrozenBackbone):
 
     # -- tokens ---------------------------------------------------------------------------------------------------
     def interpolate_pos_encoding(self, h: int, w: int) -> Tensor:
-        """Position table for an ``h x w`` patch grid -> (1, 1 + h*w, D) float32 (or the stored table untouched).
+        """Position table for an ``h x w`` patch grid -> (1, 1 + h*w, D) float32 (float64 for a float64 table; or the
+        stored table untouched).
 
         Same semantics as the official code: no resampling when the grid is the stored one; otherwise the patch
         part is resampled in float32 with ``scale_factor = (h + offset) / sqrt(N), (w + offset) / sqrt(N)``
@@ -215,7 +217,7 @@ class DinoV2Backbone(PretrainedMixin, FrozenBackbone):
         m = math.isqrt(n)
         if m * m != n:
             raise ValueError(f"pos_embed holds {n} patch positions, not a square grid")
-        pos = self.pos_embed.float()
+        pos = at_least_fp32(self.pos_embed)
         cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
         d = patch_pos.shape[-1]
         off = self.config.interpolate_offset

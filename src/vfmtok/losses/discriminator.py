@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..config import ConfigBase
+from ..ops.precision import at_least_fp32
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +140,9 @@ class BatchNormLocal(nn.Module):
         return (x - mean) / torch.sqrt(var + self.eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x``: (B, C, N) -> (B, C, N) float32."""
+        """``x``: (B, C, N) -> (B, C, N) float32 (float64 stays float64)."""
         b, c, n = x.shape
-        x = x.float()
+        x = at_least_fp32(x)
         groups = math.ceil(b / self.virtual_batch)
         if b % groups == 0:
             x = self._normalize(x.view(groups, b // groups, c, n)).view(b, c, n)
@@ -252,13 +253,15 @@ class DinoDiscriminator(nn.Module):
         return x
 
     def forward(self, x: Tensor) -> Tensor:
-        """``x``: (B, 3, H, W) images in [-1, 1] -> (B, sum_i N_i) float32 per-token logits, levels concatenated."""
-        feats = self._features[0](self.prepare_input(x.float()))
+        """``x``: (B, 3, H, W) images in [-1, 1] -> (B, sum_i N_i) float32 per-token logits, levels concatenated
+        (float64 for a float64 discriminator and input)."""
+        feats = self._features[0](self.prepare_input(at_least_fp32(x)))
         if len(feats) != len(self.heads):
             raise ValueError(f"DinoDiscriminator: the feature function returned {len(feats)} levels, the config has "
                              f"{len(self.heads)} heads (feature_dims={self.config.feature_dims})")
         b = x.shape[0]
-        logits = [head(f.float().transpose(1, 2)).view(b, -1) for head, f in zip(self.heads, feats)]  # (B, N_i) each
+        # (B, N_i) each
+        logits = [head(at_least_fp32(f).transpose(1, 2)).view(b, -1) for head, f in zip(self.heads, feats)]
         return torch.cat(logits, dim=1)
 
 
@@ -301,7 +304,7 @@ def vit_token_features(vit: nn.Module, depths: Sequence[int] = (2, 5, 8, 11), in
     scale, shift = (0.5 / std).view(1, 3, 1, 1), ((0.5 - mean) / std).view(1, 3, 1, 1)
 
     def features(x: Tensor) -> list[Tensor]:
-        x = scale.to(x.device) * x.float() + shift.to(x.device)
+        x = scale.to(x.device) * at_least_fp32(x) + shift.to(x.device)
         t = vit.prepare_tokens(x)  # (B, P + h*w, D)
         k = vit.num_prefix_tokens
 

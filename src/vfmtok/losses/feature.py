@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..ops.precision import at_least_fp32
+
 
 def token_cosine_similarity(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
     """Cosine similarity along the channel axis.
@@ -25,7 +27,7 @@ def token_cosine_similarity(pred: Tensor, target: Tensor, eps: float = 1e-6) -> 
     if pred.shape != target.shape:
         # e.g. 581 tokens (prefix tokens kept) against 576 would otherwise fail late or broadcast silently
         raise ValueError(f"semantic loss: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
-    return F.cosine_similarity(pred.float(), target.float(), dim=-1, eps=eps)
+    return F.cosine_similarity(at_least_fp32(pred), at_least_fp32(target), dim=-1, eps=eps)
 
 
 def semantic_loss(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:

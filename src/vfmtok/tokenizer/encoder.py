@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.ms_deform_attn import MSDeformAttn
+from ..ops.precision import at_least_fp32
 
 
 class Attention(nn.Module):
@@ -156,8 +157,9 @@ class EncoderLayer(nn.Module):
         """``src``: (B, L, dim) anchors; ``pos``: (1, L, dim); ``reference_points``: (1, L, n_levels, 2);
         ``values``: (B, S, dim) flattened levels. ``collect`` receives the layer's :class:`DeformSampling`."""
         if self.attention_fp32:
-            # The official layer forces fp32 for both attentions (its CUDA kernel needs fp32): no autocast, fp32 inputs.
-            src, pos, reference_points, values = (None if t is None else t.float()
+            # The official layer forces fp32 for both attentions (its CUDA kernel needs fp32): no autocast, inputs
+            # at least fp32 (a float64 model stays float64).
+            src, pos, reference_points, values = (None if t is None else at_least_fp32(t)
                                                   for t in (src, pos, reference_points, values))
             precision = torch.autocast(device_type=src.device.type, enabled=False)
         else:  # the caller's autocast applies (bf16 values and self-attention); sampling locations stay fp32

@@ -15,9 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.precision import at_least_fp32
+
 
 class QuantizerLosses(NamedTuple):
-    """Scalar float32 losses in the normalised space, already weighted as the official code weights them.
+    """Scalar float32 (float64 for a float64 model and input) losses in the normalised space, already weighted as
+    the official code weights them.
 
     ``vq``: mean((z_q - sg[z])^2), trains the codebook. ``commit``: beta * mean((sg[z_q] - z)^2), trains the encoder.
     ``entropy``: ratio * (H(sample) - H(average)) of softmax(-d / T); exactly 0 when the ratio is 0 (the released
@@ -30,7 +33,8 @@ class QuantizerLosses(NamedTuple):
 
 
 class QuantizerOutput(NamedTuple):
-    """``z``: (B, L, e) L2-normalised latents. ``z_q``: (B, L, e) straight-through codes z + sg(e_idx - z), float32.
+    """``z``: (B, L, e) L2-normalised latents. ``z_q``: (B, L, e) straight-through codes z + sg(e_idx - z), float32
+    (float64 for float64 latents and codebook: the island is "at least float32", :mod:`vfmtok.ops.precision`).
     ``idx``: (B, L) int64 in [0, K). ``losses``: :class:`QuantizerLosses`."""
 
     z: Tensor
@@ -82,17 +86,17 @@ class VectorQuantizer(nn.Module):
             self.embedding.weight.copy_(F.normalize(self.embedding.weight, p=2, dim=-1))
 
     def codebook(self) -> Tensor:
-        """(K, e) float32 unit-norm codebook rows (rows are re-normalised on every use, as officially)."""
-        return F.normalize(self.embedding.weight.float(), p=2, dim=-1)
+        """(K, e) float32 (or float64) unit-norm codebook rows (rows are re-normalised on every use, as officially)."""
+        return F.normalize(at_least_fp32(self.embedding.weight), p=2, dim=-1)
 
     def lookup(self, idx: Tensor) -> Tensor:
         """``idx``: int64 (...) in [0, K) -> (..., e) float32 unit-norm code vectors."""
         return self.codebook()[idx]
 
     def distances(self, z: Tensor) -> Tensor:
-        """Squared distances (N, K) in float32 between normalised latents ``z`` (N, e) and the codebook."""
+        """Squared distances (N, K) in float32 (or float64) between normalised latents ``z`` (N, e) and the codebook."""
         with torch.autocast(device_type=z.device.type, enabled=False):
-            z = F.normalize(z.float(), p=2, dim=-1)
+            z = F.normalize(at_least_fp32(z), p=2, dim=-1)
             e = self.codebook()
             return z.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2.0 * torch.einsum("bd,dn->bn", z, e.t())
 
@@ -102,7 +106,7 @@ class VectorQuantizer(nn.Module):
         if e != self.dim:
             raise ValueError(f"VectorQuantizer: expected latents of width {self.dim}, got {e}")
         with torch.autocast(device_type=z.device.type, enabled=False):
-            z = F.normalize(z.float(), p=2, dim=-1)  # (B, L, e)
+            z = F.normalize(at_least_fp32(z), p=2, dim=-1)  # (B, L, e)
             d = self.distances(z.reshape(-1, e))  # (B*L, K)
             idx = d.argmin(dim=1)  # (B*L,)
             codes = self.codebook()[idx].view(b, n, e)

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from ..backbones.base import BackboneOutput
 from ..config import ConfigBase, ConfigError
+from ..ops.precision import at_least_fp32, island_dtype
 from ..tokenizer.model import TokenizerConfig
 from .schedule import set_lr
 
@@ -291,8 +292,9 @@ def generator_backward(parts: TrainParts, cfg: TokenizerTrainConfig, x: Tensor, 
     # DDP needs every parameter to receive a gradient: run the semantic pass even at weight 0 when distributed
     # (a tokenizer without a VFM has no semantic pass and no parameters for it)
     semantic = parts.tokenizer.has_backbone and (cfg.semantic_weight > 0 or hasattr(parts.model, "no_sync"))
-    terms = {k: torch.zeros((), device=dev) for k in ("loss", "pixel", "lpips", "semantic", "vq", "commit",
-                                                         "entropy", "g_adv")}
+    acc = island_dtype(x.dtype)  # float32, or float64 for a float64 step
+    terms = {k: torch.zeros((), device=dev, dtype=acc) for k in ("loss", "pixel", "lpips", "semantic", "vq", "commit",
+                                                                    "entropy", "g_adv")}
     hist = torch.zeros(parts.tokenizer.config.codebook_size, dtype=torch.int64, device=dev)
     recs: list[tuple[Tensor, Tensor]] = []
     chunks = _chunks(x, feats, n)
@@ -306,22 +308,22 @@ def generator_backward(parts: TrainParts, cfg: TokenizerTrainConfig, x: Tensor, 
             with _autocast(cfg, dev):
                 out = parts.model(xi, features=fi, return_semantic=semantic)
                 lp = perceptual_loss(parts.lpips, out.x_rec, xi) if parts.lpips is not None else None
-            x_rec = out.x_rec.float()
+            x_rec = at_least_fp32(out.x_rec)
             t = {"pixel": _pixel_loss(cfg.pixel_loss, x_rec, xi), "vq": out.vq_loss, "commit": out.commit_loss,
                  "entropy": out.entropy_loss}
-            t["lpips"] = lp.float() if lp is not None else x_rec.new_zeros(())
+            t["lpips"] = at_least_fp32(lp) if lp is not None else x_rec.new_zeros(())
             t["semantic"] = semantic_loss(out.feats_rec, out.feats) if semantic else x_rec.new_zeros(())
             loss = (cfg.pixel_weight * t["pixel"] + cfg.lpips_weight * t["lpips"] + cfg.semantic_weight * t["semantic"]
                     + cfg.codebook_weight * t["vq"] + t["commit"] + t["entropy"])
             if use_disc:
                 with _autocast(cfg, dev):
                     logits_fake = parts.disc_raw(x_rec)
-                t["g_adv"] = generator_loss(logits_fake.float(), cfg.gen_loss)
+                t["g_adv"] = generator_loss(at_least_fp32(logits_fake), cfg.gen_loss)
                 loss = loss + gan_w * t["g_adv"]  # gan_w = 0 before disc_start (disc_before_start)
             (loss / n).backward()
         t["loss"] = loss
         for k, v in t.items():
-            terms[k] += v.detach().float() / n
+            terms[k] += v.detach().to(acc) / n
         hist += torch.bincount(out.idx.reshape(-1), minlength=hist.numel())
         if use_disc:
             recs.append((xi, x_rec.detach()))
@@ -345,19 +347,20 @@ def discriminator_backward(parts: TrainParts, cfg: TokenizerTrainConfig, recs: l
     parts.disc.train()
     n = len(recs)
     dev = recs[0][0].device
-    out = {k: torch.zeros((), device=dev) for k in ("d_loss", "d_adv", "logits_real", "logits_fake")}
+    acc = island_dtype(recs[0][1].dtype)  # float32, or float64 for a float64 step
+    out = {k: torch.zeros((), device=dev, dtype=acc) for k in ("d_loss", "d_adv", "logits_real", "logits_fake")}
     for i, (xi, x_rec) in enumerate(recs):
         sync = parts.disc.no_sync() if i < n - 1 and hasattr(parts.disc, "no_sync") else contextlib.nullcontext()
         with sync:
             with _autocast(cfg, dev):
                 fake, real = parts.disc(x_rec), parts.disc(xi)
-            d_adv = discriminator_loss(real.float(), fake.float(), cfg.disc_loss)
+            d_adv = discriminator_loss(at_least_fp32(real), at_least_fp32(fake), cfg.disc_loss)
             d_loss = gan_w * d_adv
             (d_loss / n).backward()
-        out["d_loss"] += d_loss.detach() / n
-        out["d_adv"] += d_adv.detach() / n
-        out["logits_real"] += real.detach().float().mean() / n
-        out["logits_fake"] += fake.detach().float().mean() / n
+        out["d_loss"] += d_loss.detach().to(acc) / n
+        out["d_adv"] += d_adv.detach().to(acc) / n
+        out["logits_real"] += real.detach().to(acc).mean() / n
+        out["logits_fake"] += fake.detach().to(acc).mean() / n
     return out
 
 
