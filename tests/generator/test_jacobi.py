@@ -153,3 +153,23 @@ def test_rows_advance_at_their_own_pace_and_arguments_are_checked():
         sample(gpt, labels, method="jacobi", window=0)
     with pytest.raises(ValueError, match="compile"):
         sample(gpt, labels, method="jacobi", compile=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_distribution_and_greedy(tiny_gpt):
+    """The same sampler on CUDA: the exact distribution (CFG, top-p, temperature) and greedy == greedy decoding."""
+    gpt = GPT(tiny_gpt.config).cuda().eval()
+    gpt.load_state_dict(tiny_gpt.state_dict())
+    scale, sampling = CASES["cfg-topp"]["scale"], CASES["cfg-topp"]["sampling"]
+    labels = torch.full((NUM,), LABEL, device="cuda")
+    codes, steps = sample(gpt, labels, cfg_scale=scale, method="jacobi", window=4, return_steps=True,
+                          generator=torch.Generator("cuda").manual_seed(0), **sampling)
+    assert codes.is_cuda and steps.float().mean() < TOKENS
+    assert goodness_of_fit(codes.cpu(), exact_distribution(tiny_gpt, scale, **sampling)) > 1e-3
+    torch.manual_seed(1)
+    big = GPT(gpt_preset("gpt-test", block_size=64)).cuda().eval()
+    torch.nn.init.normal_(big.output.weight, std=0.3)
+    labels = torch.tensor([1, 4, 6, 9], device="cuda")
+    greedy = sample(big, labels, temperature=0, cfg_scale=2.0)
+    assert torch.equal(sample(big, labels, temperature=0, cfg_scale=2.0, method="jacobi", window=16), greedy)
