@@ -106,7 +106,6 @@ class WindowDecoder:
         self.k = torch.zeros(shape, dtype=weight.dtype, device=weight.device)
         self.v = torch.zeros_like(self.k)
         self.slots = torch.arange(max_len, device=weight.device)  # (S_max,)
-        self.row_index = torch.arange(rows, device=weight.device)[:, None]  # (R, 1)
 
     def forward(self, h: Tensor, start: Tensor, end: int) -> Tensor:
         """Run embedded inputs through the GPT.
@@ -126,17 +125,17 @@ class WindowDecoder:
         pos = start[:, None] + self.slots[:s]  # (R, S)
         rope = gpt.freqs_cis[pos.clamp(max=c.block_size)].flatten(0, 1)  # (R*S, Dh/2, 2)
         allowed = (self.slots[:end] <= pos[..., None])[:, None]  # (R, 1, S, end)
+        slots = pos[:, None, :, None].expand(r, nh, s, hd)  # (R, H, S, Dh) cache index along the position axis
         for i, layer in enumerate(gpt.layers):
             attn = layer.attention
             qkv = attn.wqkv(layer.attention_norm(h))  # (R, S, 3D)
             # RoPE per (row, position): rows and positions flattened into one sequence axis of apply_rope
             qk = apply_rope(qkv[..., : 2 * c.dim].reshape(1, r * s, 2 * nh, hd), rope).view(r, s, 2 * nh, hd)
-            q = qk[:, :, :nh].transpose(1, 2)  # (R, H, S, Dh)
-            k = qk[:, :, nh:]  # (R, S, H, Dh)
-            v = qkv[..., 2 * c.dim :].view(r, s, nh, hd)  # (R, S, H, Dh)
+            q, k = qk.transpose(1, 2).split(nh, dim=1)  # (R, H, S, Dh) each
+            v = qkv[..., 2 * c.dim :].view(r, s, nh, hd).transpose(1, 2)  # (R, H, S, Dh)
             kc, vc = self.k[i], self.v[i]  # (R, H, S_max, Dh)
-            kc[self.row_index, :, pos] = k  # advanced indices (R, S) around the head slice: (R, S, H, Dh)
-            vc[self.row_index, :, pos] = v
+            kc.scatter_(2, slots, k)  # row r's new keys/values at its own positions
+            vc.scatter_(2, slots, v)
             out = F.scaled_dot_product_attention(q, kc[:, :, :end], vc[:, :, :end], attn_mask=allowed)
             h = h + attn.wo(out.transpose(1, 2).reshape(r, s, c.dim))
             h = h + layer.feed_forward(layer.ffn_norm(h))
