@@ -4,12 +4,13 @@ Two measurements, each appending JSON lines to ``--out``:
 
 * ``speed``: for each batch size and method (``ar``, and ``jacobi`` with each window), ``--calls`` calls of
   :func:`vfmtok.generator.sample` on class-balanced labels (one untimed warm-up call first): GPT forward passes per
-  image (mean, min, max over images), tokens per forward pass, and wall-clock seconds per image of the GPT sampling
-  alone (no image decoding), eager modules, fp32.
-* ``fd``: ``--num`` samples per run with ``vfmtok sample`` (plain with two seeds, Jacobi with the same two seeds),
-  scored with ``vfmtok eval-samples`` on the bundled DINOv2-S features at ``--vfm-size`` (as ``vfmtok demo``
-  evaluates): FD of each run against the reference (``--ref``: images or a statistics .npz), and the FD between
-  runs (plain seed 0 as the reference), so the Jacobi-vs-plain distance can be set against the plain-vs-plain one.
+  image (mean, min, max over images; ``passes_per_batch``: the slowest row of each call, what the batch waits for),
+  tokens per forward pass, and wall-clock seconds per image of the GPT sampling alone (no image decoding), eager
+  modules, fp32.
+* ``fd``: ``--num`` samples per run with ``vfmtok sample`` (plain and Jacobi, for each of ``--seeds``), features
+  of every set once with the bundled DINOv2-S at ``--vfm-size`` (the extractor ``vfmtok demo`` evaluates with):
+  FD of each set against the reference (``--ref``: images or a statistics .npz) and between every two sets, so the
+  Jacobi-vs-plain distance can be set against the plain-vs-plain one (run-to-run noise).
 
     python bench/jacobi.py speed --gpt DEMO/gpt/final --out jacobi.jsonl --threads 1
     python bench/jacobi.py fd --gpt DEMO/gpt/final --tokenizer DEMO/tokenizer/final --ref DEMO/data/.../train \\
@@ -52,7 +53,7 @@ def speed(args: argparse.Namespace) -> None:
             kw = dict(cfg_scale=args.cfg_scale, top_k=args.top_k, temperature=args.temperature, method=method,
                       window=window, return_steps=True)
             sample(gpt, labels[-1], generator=torch.Generator(args.device).manual_seed(10_000), **kw)  # warm-up
-            steps, seconds = [], 0.0
+            steps, seconds, passes = [], 0.0, []
             for call in range(args.calls):
                 gen = torch.Generator(args.device).manual_seed(call)
                 t0 = time.perf_counter()
@@ -61,6 +62,7 @@ def speed(args: argparse.Namespace) -> None:
                     torch.cuda.synchronize()
                 seconds += time.perf_counter() - t0
                 steps.append(s.cpu())
+                passes.append(int(s.max()))  # the batch runs until its slowest row is done
             steps = torch.cat(steps).float()
             emit(args.out, {
                 "bench": "jacobi-speed", "gpt": str(args.gpt), "tokens": n, "batch": batch, "method": method,
@@ -68,12 +70,17 @@ def speed(args: argparse.Namespace) -> None:
                 "temperature": args.temperature, "images": int(steps.numel()),
                 "steps_per_image": round(steps.mean().item(), 3), "steps_min": int(steps.min()),
                 "steps_max": int(steps.max()), "tokens_per_step": round(n / steps.mean().item(), 3),
+                "passes_per_batch": sum(passes) / len(passes),
                 "s_per_image": seconds / steps.numel(), "device": args.device, **machine(),
             })
 
 
 def fd(args: argparse.Namespace) -> None:
     from vfmtok.cli.main import main
+    from vfmtok.evaluation.features import build_extractor, summarize
+    from vfmtok.evaluation.fid import ReferenceStats, fd_between, is_stats_file
+    from vfmtok.evaluation.images import iter_sample_images
+    from vfmtok.evaluation.sample_eval import reference_from_summary
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -85,33 +92,32 @@ def fd(args: argparse.Namespace) -> None:
         for method in ("ar", "jacobi"):
             name = f"{method}-seed{seed}"
             out = work / name
-            if not (out / "samples.npz").exists():
+            if not (out / "samples.npz").exists():  # re-running reuses finished sample sets
                 extra = ["--method", method, "--window", str(args.window)] if method == "jacobi" else []
                 if main(["sample", *common, "--seed", str(seed), "--out", str(out), *extra]) != 0:
                     raise SystemExit(f"sampling {name} failed")
             runs[name] = json.loads((out / "sample_config.json").read_text())
-    ref_stats = work / "reference-stats.npz"
-    first = f"ar-seed{args.seeds[0]}"
-    for name in runs:
-        ref = ["--ref", str(ref_stats)] if ref_stats.exists() else ["--ref", args.ref, "--save-ref-stats",
-                                                                     str(ref_stats)]
-        evals = {"reference": ref}
-        if name != first:  # distance to plain sampling's first run, same features
-            evals["vs-" + first] = ["--ref", str(work / first / "samples.npz")]
-        for target, ref_args in evals.items():
-            report = work / name / f"eval-{target}.json"
-            if not report.exists():
-                rc = main(["eval-samples", str(work / name / "samples.npz"), *ref_args, "--extractor",
-                           "dinov2-bundled", "--vfm-size", str(args.vfm_size), "--device", args.device,
-                           "--out", str(report)])
-                if rc != 0:
-                    raise SystemExit(f"eval-samples {name} against {target} failed")
-            result = json.loads(report.read_text())["results"][0]
-            fd_value = next(v for k, v in result.items() if k.lower().startswith("fd"))
+
+    # features once per set (the demo's evaluation features: bundled DINOv2-S at --vfm-size), then every FD
+    extractor = build_extractor("dinov2-bundled", device=args.device, vfm_size=args.vfm_size)
+
+    def stats(images: Path, cache: Path) -> ReferenceStats:
+        if not cache.exists():
+            summary = summarize(extractor, iter_sample_images(images, 100))
+            reference_from_summary(summary, meta={"source": str(images)}).save(cache)
+        return ReferenceStats.load(cache)
+
+    ref = ReferenceStats.load(args.ref) if is_stats_file(args.ref) else stats(Path(args.ref), work / "ref-stats.npz")
+    sets = {name: stats(work / name / "samples.npz", work / name / "stats.npz") for name in runs}
+    names = list(sets)
+    for i, name in enumerate(names):
+        for against in ["reference", *names[:i]]:
+            other = ref if against == "reference" else sets[against]
             emit(args.out, {
-                "bench": "jacobi-fd", "gpt": str(args.gpt), "run": name, "against": target, "num": args.num,
+                "bench": "jacobi-fd", "gpt": str(args.gpt), "run": name, "against": against, "num": args.num,
                 "window": args.window if name.startswith("jacobi") else None, "cfg_scale": args.cfg_scale,
-                "fd": fd_value, "steps_per_image": runs[name]["steps_per_image"],
+                "fd": fd_between(sets[name].pool, other.pool), "extractor": extractor.name,
+                "reference_images": ref.pool.n, "steps_per_image": runs[name]["steps_per_image"],
                 "images_per_s": runs[name]["images_per_s"], "vfm_size": args.vfm_size, **machine(),
             })
 
