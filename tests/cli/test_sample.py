@@ -79,3 +79,21 @@ def test_sample_user_errors(models, tmp_path, capsys):
     assert _run(root, tmp_path / "y", "--num", "2", "--classes", "12") == 2
     assert "classes must lie" in capsys.readouterr().err
     assert _run(root, tmp_path / "z", "--num", "0") == 2
+    assert _run(root, tmp_path / "w", "--num", "2", "--method", "jacobi", "--window", "0") == 2
+    assert "--window" in capsys.readouterr().err
+
+
+def test_sample_jacobi_reports_steps_per_image(models, tmp_path, capsys):
+    root, tok, _ = models
+    out = tmp_path / "j"
+    assert _run(root, out, "--num", "6", "--batch-size", "4", "--method", "jacobi", "--window", "8", "--cfg-scale",
+                "2", "--image-size", "0", "--no-png") == 0
+    report = json.loads((out / "sample_config.json").read_text())
+    n = tok.config.num_tokens
+    assert report["method"] == "jacobi" and report["tokens_per_image"] == n
+    assert 1 <= report["steps_min"] <= report["steps_per_image"] <= report["steps_max"] <= n
+    assert "GPT forward passes per image" in capsys.readouterr().out
+    data = np.load(out / "samples.npz")
+    assert data["codes"].shape == (6, n) and data["arr_0"].shape[0] == 6
+    assert _run(root, tmp_path / "ar", "--num", "2", "--image-size", "0", "--no-png") == 0
+    assert json.loads((tmp_path / "ar" / "sample_config.json").read_text())["steps_per_image"] == n

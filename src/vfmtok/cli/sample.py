@@ -1,5 +1,8 @@
 """``vfmtok sample``: class-conditional samples from a GPT + tokenizer pair, as PNGs, a grid and an ADM ``.npz``.
 
+``--method jacobi --window K`` samples with speculative Jacobi decoding (same distribution, fewer GPT forward
+passes); the summary line and ``sample_config.json`` state the forward passes per image (``steps_per_image``).
+
 Labels are class-balanced (every block of ``len(classes)`` samples holds each class once, in a seeded order), batch
 ``i`` draws from ``torch.Generator(device).manual_seed(seed + i)``, and ``samples.npz`` follows the ADM evaluator
 contract: ``arr_0`` uint8 (N, H, W, 3), plus ``labels`` (N,) and ``codes`` (N, L). Images go through the official
@@ -42,6 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fast decoding: fused layers under torch.compile, one CUDA graph per position on GPU; "
                              "at 1-2 rows on a CUDA GPU, five Triton kernels per layer instead (same tokens as the "
                              "default path up to rounding; compiles once per batch shape)")
+    parser.add_argument("--method", default="ar", choices=("ar", "jacobi"),
+                        help="ar: one token per forward pass; jacobi: speculative Jacobi decoding, up to --window "
+                             "tokens per pass with the same sample distribution (eager modules; no --compile)")
+    parser.add_argument("--window", type=int, default=16, help="Jacobi window: draft tokens per row per pass")
     parser.add_argument("--classes", type=int, nargs="+", help="class labels to sample (default: all classes)")
     parser.add_argument("--image-size", type=int, default=256, help="output size (0: the tokenizer's resolution)")
     parser.add_argument("--no-png", action="store_true", help="skip the per-sample PNGs (grid and .npz only)")
@@ -86,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--cfg-schedule must be one of {CFG_SCHEDULES}")
     if not 0.0 < args.top_p <= 1.0 or args.top_k < 0:
         raise UserError("--top-p must be in (0, 1] and --top-k >= 0")
+    if args.method == "jacobi" and (args.window < 1 or args.compile):
+        raise UserError("--method jacobi needs --window >= 1 and runs without --compile")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda requested but CUDA is not available")
@@ -119,19 +128,22 @@ def run(args: argparse.Namespace) -> int:
     arr_path = out / "arr_0.npy.tmp"
     arr = np.lib.format.open_memmap(arr_path, mode="w+", dtype=np.uint8, shape=(args.num, side, side, 3))
     all_codes = np.empty((args.num, gcfg.block_size), dtype=np.int64)
+    all_steps = np.empty(args.num, dtype=np.int64)  # GPT forward passes per image
 
     done, t0 = 0, time.perf_counter()
     bar = tqdm(total=args.num, unit="img", desc="sample")
     for batch, start in enumerate(range(0, args.num, args.batch_size)):
         y = labels[start : start + args.batch_size].to(device)
         gen = torch.Generator(device).manual_seed(args.seed + batch)
-        codes = sample(gpt, y, cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule, cfg_power=args.cfg_power,
-                       cfg_interval=interval, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                       generator=gen, compile=args.compile)
+        codes, steps = sample(gpt, y, cfg_scale=args.cfg_scale, cfg_schedule=args.cfg_schedule,
+                              cfg_power=args.cfg_power, cfg_interval=interval, temperature=args.temperature,
+                              top_k=args.top_k, top_p=args.top_p, generator=gen, compile=args.compile,
+                              method=args.method, window=args.window, return_steps=True)
         images = tok.decode_uint8(codes, size=size).cpu().numpy()  # (b, side, side, 3)
         b = images.shape[0]
         arr[start : start + b] = images
         all_codes[start : start + b] = codes.cpu().numpy()
+        all_steps[start : start + b] = steps.cpu().numpy()
         if not args.no_png:
             for i in range(b):
                 Image.fromarray(images[i]).save(img_dir / f"{start + i:06d}.png")
@@ -147,8 +159,12 @@ def run(args: argparse.Namespace) -> int:
     del arr
     arr_path.unlink()
     settings = {k: v for k, v in vars(args).items() if not k.startswith("_") and k != "command"}
-    settings.update(device=str(device), num_classes=gcfg.num_classes, images_per_s=args.num / elapsed)
+    steps_per_image = float(all_steps.mean())
+    settings.update(device=str(device), num_classes=gcfg.num_classes, images_per_s=args.num / elapsed,
+                    steps_per_image=steps_per_image, steps_min=int(all_steps.min()), steps_max=int(all_steps.max()),
+                    tokens_per_image=gcfg.block_size)
     (out / "sample_config.json").write_text(json.dumps(settings, indent=2) + "\n")
     print(f"wrote {args.num} samples ({side}x{side}) to {out / 'samples.npz'} in {elapsed:.1f}s "
-          f"({args.num / elapsed:.2f} images/s)")
+          f"({args.num / elapsed:.2f} images/s); {steps_per_image:.2f} GPT forward passes per image "
+          f"for {gcfg.block_size} tokens ({args.method})")
     return 0

@@ -20,6 +20,9 @@ kernels' rounding):
 - ``baseline="plain"``: recompute the whole sequence every step (the reference the tests compare against);
 - ``baseline="official"``: LlamaGen's ``generate`` decoding (full-length boolean mask, K/V copied every step),
   eager or, with ``compile=True``, under ``torch.compile(mode="reduce-overhead")`` as LlamaGen runs it.
+
+``sample(..., method="jacobi", window=K)`` is speculative Jacobi decoding (:mod:`vfmtok.generator.jacobi`): up to K
+tokens per forward pass, the same distribution as the paths above but not the same codes for a seed.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from .gpt import GPT, KVCache
 
 CFG_SCHEDULES = ("constant", "linear", "power-cosine")
 BASELINES = ("plain", "official")
+METHODS = ("ar", "jacobi")
 
 Pick = Callable[[Tensor, int], Tensor]
 """``pick(logits (B, V) float32, step) -> (B,) int64``: chooses the token of each row at a step."""
@@ -339,25 +343,51 @@ def sample(
     generator: torch.Generator | None = None,
     compile: bool | dict = False,
     baseline: str | None = None,
-) -> Tensor:
+    method: str = "ar",
+    window: int = 16,
+    return_steps: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Sample token grids for class ``labels`` (B,) -> codes (B, block_size) int64 in [0, vocab_size).
 
     Defaults reproduce LlamaGen/VFMTok sampling (temperature 1, no top-k/top-p, constant CFG applied from the first
     token). ``generator`` must live on the model's device; the same generator state gives the same codes on every
     decoding path. See :func:`generate` for the remaining arguments.
+
+    Args:
+        method: ``"ar"`` (one token per forward pass) or ``"jacobi"``: speculative Jacobi decoding
+            (:mod:`vfmtok.generator.jacobi`), ``window`` tokens per row per forward pass, verified so that the codes
+            have the same distribution as ``"ar"`` (not the same codes for a seed). Jacobi runs the eager modules:
+            ``compile`` and ``baseline`` apply to ``"ar"`` only.
+        window: Jacobi window K >= 1 (K = 1 is one token per pass).
+        return_steps: also return the forward passes per row, (B,) int64 (``"ar"``: block_size for every row).
     """
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0, got {top_k}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if method not in METHODS:
+        raise ValueError(f"unknown sampling method {method!r}; expected one of {METHODS}")
     device = gpt.tok_embeddings.weight.device
     if generator is not None and generator.device.type != device.type:
         raise ValueError(f"generator is on {generator.device}, the model on {device}; create it on the model's device")
+    if method == "jacobi":
+        from .jacobi import jacobi_sample
+
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        if compile or baseline is not None:
+            raise ValueError("method='jacobi' runs the eager modules; compile and baseline apply to method='ar'")
+        scales = cfg_scales(gpt.num_tokens, cfg_scale, cfg_schedule, power=cfg_power, interval=cfg_interval)
+        if bool((scales != 1).any()) and not gpt.config.has_null_class:
+            raise ValueError("classifier-free guidance needs a null class (the model has class_dropout_prob = 0)")
+        codes, steps = jacobi_sample(gpt, labels, window=window, scales=scales, temperature=temperature,
+                                     top_k=top_k, top_p=top_p, generator=generator)
+        return (codes, steps) if return_steps else codes
 
     def pick(logits: Tensor, step: int) -> Tensor:
         return sample_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
 
-    return generate(
+    codes = generate(
         gpt,
         labels,
         pick,
@@ -368,3 +398,6 @@ def sample(
         compile=compile,
         baseline=baseline,
     )
+    if not return_steps:
+        return codes
+    return codes, torch.full((codes.shape[0],), gpt.num_tokens, dtype=torch.long, device=codes.device)
