@@ -28,7 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None,
                         help="run directory (default runs/gpt-<config name>); resumed when present")
     parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cuda, cpu")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
+                        help="step, running loss and time left: a bar on a terminal, a log line every 30 s otherwise "
+                        "(auto, the default), or forced")
+    parser.add_argument("--no-progress", action="store_true", help="same as --progress none")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{name} directory not found: {path}")
     out = Path(args.out) if args.out else Path("runs") / f"gpt-{config_path.stem}"
     try:
-        result = train_gpt(cfg, out, device=args.device, progress=not args.no_progress)
+        result = train_gpt(cfg, out, device=args.device, progress="none" if args.no_progress else args.progress)
     finally:
         cleanup()
     summary = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if k in ("train_loss", "val_loss",
