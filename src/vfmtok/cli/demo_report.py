@@ -54,7 +54,8 @@ def class_names(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
     names = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    return [re.sub(r"^\d+-", "", n) if re.match(r"^\d+-.", n) else n for n in names]
+    short = [re.sub(r"^\d+-", "", n) if re.match(r"^\d+-.", n) else n for n in names]
+    return short if len(set(short)) == len(short) else names  # keep the prefixes where they tell classes apart
 
 
 def _save(fig: Any, path: Path, dpi: int = 110) -> Path:

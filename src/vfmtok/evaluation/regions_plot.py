@@ -33,17 +33,20 @@ def _rgba(colour: str, alpha: float) -> tuple[float, float, float, float]:
 
 
 def choose_tokens(grid: int, n: int = 6) -> list[int]:
-    """``n`` tokens spread over a ``grid x grid`` anchor grid (row-major token indices, 2 rows of anchors).
+    """``n`` tokens spread over a ``grid x grid`` anchor grid (row-major token indices): the centres of equal bands
+    of anchor rows (two when they suffice) and columns.
 
     Returns:
-        sorted distinct indices in [0, grid * grid).
+        ``min(n, grid * grid)`` sorted distinct indices in [0, grid * grid).
     """
     n = max(1, min(n, grid * grid))
-    rows = min(grid, 1 if n == 1 else 2)
+    rows = 1 if n == 1 else min(grid, max(2, math.ceil(n / grid)))
     cols = min(grid, math.ceil(n / rows))
     pick = lambda k: [int((i + 0.5) * grid / k) for i in range(k)]  # noqa: E731 - centres of k equal bands
-    tokens = [r * grid + c for r in pick(rows) for c in pick(cols)]
-    return sorted(dict.fromkeys(tokens))[:n]
+    tokens = list(dict.fromkeys(r * grid + c for r in pick(rows) for c in pick(cols)))
+    rest = [t for t in range(grid * grid) if t not in tokens]
+    tokens += rest[:: max(1, len(rest) // max(1, n - len(tokens)))][: max(0, n - len(tokens))]
+    return sorted(tokens[:n])
 
 
 def token_stats(locations: np.ndarray, weights: np.ndarray) -> dict[str, float]:
