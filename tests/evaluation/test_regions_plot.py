@@ -48,6 +48,7 @@ def test_figure_panels_and_captions():
         st = token_stats(loc[t].reshape(-1, 2), w[t].reshape(-1))
         assert titles[1 + k].startswith(f"token {t} (anchor row {t // grid + 1}, col {t % grid + 1})")
         assert f"{st['outside']} of {heads * levels * points} points outside" in titles[1 + k]
+        assert f"({100 * st['outside_weight']:.0f}% of the weight)" in titles[1 + k]
     assert "encoder layer 2 of 2" in fig._suptitle.get_text() and "x.png" in fig._suptitle.get_text()
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels[:3] == ["a", "b", "c"] and "anchor (reference point)" in labels
@@ -61,7 +62,7 @@ def test_levels_at_the_same_points_are_said_so():
     loc = np.broadcast_to(np.array([0.4, 0.6]), (1, 2, 3, 2, 2)).copy()  # every level samples the same place
     w = np.full((1, 2, 3, 2), 1 / 6)
     fig = draw_token_regions(np.zeros((8, 8, 3), np.uint8), loc, w, ref, [0], layer=0, num_layers=1, grid=1)
-    assert "all 3 levels sample the same points" in fig.axes[1].get_title()
+    assert "all 3 levels at the same points" in fig.axes[1].get_title()
     import matplotlib.pyplot as plt
 
     plt.close(fig)

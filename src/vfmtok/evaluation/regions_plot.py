@@ -105,7 +105,7 @@ def draw_token_regions(
     panels = 1 + len(tokens)
     cols = min(4, panels)
     rows = math.ceil(panels / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.75 * rows + 1.2), squeeze=False,
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.8 * rows + 1.4), squeeze=False,
                              layout="constrained")
     flat = list(axes.reshape(-1))
     for ax in flat[panels:]:
@@ -146,11 +146,12 @@ def draw_token_regions(
         beyond = int((((loc.reshape(-1, 2) < lo) | (loc.reshape(-1, 2) > hi)).any(-1)).sum())
         r, c = divmod(t, grid)
         caption = (f"token {t} (anchor row {r + 1}, col {c + 1})\n{st['outside']} of {st['points']} points outside "
-                   f"the image,\n{100 * st['outside_weight']:.0f}% of its attention")
-        if beyond:
-            caption += f"; {beyond} beyond the view"
+                   f"({100 * st['outside_weight']:.0f}% of the weight)")
+        notes = [f"{beyond} beyond the view"] if beyond else []
         if n_levels > 1 and np.allclose(loc, loc[:, :1], atol=1e-3 * s):
-            caption += f"\n(all {n_levels} levels sample the same points)"
+            notes.append(f"all {n_levels} levels at the same points")
+        if notes:
+            caption += "\n" + "; ".join(notes)
         ax.set_title(caption, fontsize=8.5)
 
     handles = [Line2D([], [], marker=LEVEL_MARKERS[i % len(LEVEL_MARKERS)], linestyle="", markersize=8,
