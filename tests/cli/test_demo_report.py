@@ -55,6 +55,7 @@ def test_cfg_sentence_follows_the_numbers():
     better = cfg_sentence({"cfg-free": _samples(60.0, 2.0), "cfg-3": _samples(40.0, 1.5)}, scales)
     assert better.startswith("In this demo CFG 3 scores clearly better than sampling without guidance")
     assert "without CFG" in better  # the paper's claim, put in its place
+    assert "precision (fidelity) from 50.0% to 50.0%" in better
     alike = cfg_sentence({"cfg-free": _samples(41.0, 2.0), "cfg-3": _samples(40.0, 1.5)}, scales)
     assert "score alike" in alike
     worse = cfg_sentence({"cfg-free": _samples(30.0, 1.0), "cfg-3": _samples(40.0, 1.0)}, scales)
