@@ -71,7 +71,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=None,
                         help="scale the training steps to roughly this many minutes of training in total")
     parser.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
-                        help="training progress: a bar on a terminal, a log line every 30 s otherwise (auto), or forced")
+                        help="training progress: a bar on a terminal, a log line every 30 s otherwise (auto), "
+                        "or forced")
     parser.add_argument("--keep-feature-cache", action="store_true",
                         help="keep the tokenizer's VFM feature cache (<out>/tokenizer/feature_cache, ~0.7 GB) after "
                         "training; by default it is deleted once the tokenizer is trained")

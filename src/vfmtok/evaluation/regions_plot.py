@@ -139,8 +139,9 @@ def draw_token_regions(
         for lv in range(n_levels):
             pts = loc[:, lv].reshape(-1, 2)
             colour = LEVEL_COLOURS[lv % len(LEVEL_COLOURS)]
-            ax.scatter(pts[:, 0], pts[:, 1], s=area * w[:, lv].reshape(-1), marker=LEVEL_MARKERS[lv % len(LEVEL_MARKERS)],
-                       facecolors=_rgba(colour, 0.3), edgecolors=colour, linewidths=1.3)
+            ax.scatter(pts[:, 0], pts[:, 1], s=area * w[:, lv].reshape(-1),
+                       marker=LEVEL_MARKERS[lv % len(LEVEL_MARKERS)], facecolors=_rgba(colour, 0.3), edgecolors=colour,
+                       linewidths=1.3)
         ax.scatter(ref[t, 0], ref[t, 1], s=220, marker="*", c="white", edgecolors="black", linewidths=1.0, zorder=5)
         st = token_stats(locations[t].reshape(-1, 2), w.reshape(-1))
         beyond = int((((loc.reshape(-1, 2) < lo) | (loc.reshape(-1, 2) > hi)).any(-1)).sum())
@@ -165,7 +166,8 @@ def draw_token_regions(
                               label=f"weight {wt:g}"))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize=8.5, frameon=False)
     head = f"{title} - " if title else ""
-    fig.suptitle(f"{head}encoder layer {layer + 1} of {num_layers}: where {len(tokens)} tokens sample the VFM features\n"
+    fig.suptitle(f"{head}encoder layer {layer + 1} of {num_layers}: where {len(tokens)} tokens sample the VFM "
+                 "features\n"
                  f"{heads} heads x {n_levels} levels x {n_points} points per token; dot area = attention weight "
                  f"(each head's weights sum to 1); grey = outside the image", fontsize=10)
     return fig
