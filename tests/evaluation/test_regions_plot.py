@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from vfmtok.evaluation.regions_plot import choose_tokens, draw_token_regions, token_stats  # noqa: E402
+from vfmtok.evaluation.regions_plot import choose_tokens, draw_token_regions, level_names, token_stats  # noqa: E402
 
 
 @pytest.mark.parametrize("grid,n", [(6, 6), (16, 6), (8, 4), (3, 8), (2, 6), (6, 1)])
@@ -66,3 +66,11 @@ def test_levels_at_the_same_points_are_said_so():
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+def test_level_names_count_blocks_from_one():
+    from vfmtok.tokenizer.presets import tokenizer_preset
+
+    assert level_names(tokenizer_preset("official").backbone) == [
+        "level 1: block 6 of 24", "level 2: block 12 of 24", "level 3: block 18 of 24", "level 4: block 24 of 24"]
+    assert level_names(object()) == []

@@ -45,15 +45,6 @@ def _parse_tokens(spec: str | None, num_tokens: int, grid: int, count: int) -> l
     return list(dict.fromkeys(tokens))
 
 
-def level_names(backbone_config) -> list[str]:  # noqa: ANN001 - a BackboneConfig
-    """Legend label per tapped VFM level, e.g. ``"level 1: block 3 of 12"`` (blocks counted from 1)."""
-    taps, depth = getattr(backbone_config, "taps", None), getattr(backbone_config, "depth", None)
-    if not taps:
-        return []
-    of = f" of {depth}" if depth else ""
-    return [f"level {i + 1}: block {t + 1}{of}" for i, t in enumerate(taps)]
-
-
 def run(args: argparse.Namespace) -> int:
     import matplotlib
 
@@ -64,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from vfmtok.cli.main import UserError
     from vfmtok.cli.reconstruct import read_image
     from vfmtok.data.transforms import center_crop_arr, pil_to_tensor
-    from vfmtok.evaluation.regions_plot import draw_token_regions, token_stats
+    from vfmtok.evaluation.regions_plot import draw_token_regions, level_names, token_stats
     from vfmtok.tokenizer.model import VFMTokenizer
 
     out = Path(args.out)

@@ -49,6 +49,16 @@ def choose_tokens(grid: int, n: int = 6) -> list[int]:
     return sorted(tokens[:n])
 
 
+def level_names(backbone_config: Any) -> list[str]:
+    """Legend label per tapped VFM level of a :class:`~vfmtok.backbones.base.BackboneConfig`, e.g.
+    ``"level 1: block 3 of 12"`` (blocks counted from 1); empty when the config names no taps."""
+    taps, depth = getattr(backbone_config, "taps", None), getattr(backbone_config, "depth", None)
+    if not taps:
+        return []
+    of = f" of {depth}" if depth else ""
+    return [f"level {i + 1}: block {t + 1}{of}" for i, t in enumerate(taps)]
+
+
 def token_stats(locations: np.ndarray, weights: np.ndarray) -> dict[str, float]:
     """Points of one token outside the image.
 
