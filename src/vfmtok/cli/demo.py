@@ -5,13 +5,19 @@ and the numbers say how good they are. Each stage is an ordinary ``vfmtok`` comm
 so the demo is also the recipe a user follows on their own data:
 
 1. data        Fashion-MNIST from Debian's ``dataset-fashion-mnist`` exported as an ImageFolder (or ``--data``)
-2. tokenizer   ``train-tokenizer`` (VFM features cached once, pixel + LPIPS + semantic + VQ losses)
+2. tokenizer   ``train-tokenizer`` (VFM features cached once and deleted afterwards unless ``--keep-feature-cache``;
+               pixel + semantic + VQ losses)
 3. codes       ``extract-codes`` on the training split
 4. gpt         ``train-gpt`` on those codes
 5. samples     ``sample`` a class-conditional grid without and with classifier-free guidance
 6. evaluate    ``eval-tokenizer`` (PSNR, SSIM, LPIPS, usage, FD on VFM features, linear probe) and ``eval-samples``
-7. regions     where the tokens' deformable attention samples (``regions``)
-8. report      ``report.html`` / ``report.md`` with every picture, the loss curves and a metrics table
+               (FD with its spread over bootstrap resamples, precision / recall)
+7. regions     where six tokens' deformable attention samples, on two test images (``regions``)
+8. report      ``report.html`` / ``report.md``: labelled sample grids, a metrics table that explains every number,
+               the pictures, loss curves and stage times (wall and CPU seconds)
+
+Both training stages show their progress (step, running loss, time left): a bar on a terminal, a log line every 30 s
+otherwise (``--progress``).
 
 A finished stage leaves ``<out>/stages/<name>.json``; re-running the command skips it, and an interrupted training
 stage resumes from its last checkpoint.
@@ -23,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -63,11 +70,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", choices=sorted(PLANS), default="default", help="stage sizes (toy: a quick check)")
     parser.add_argument("--minutes", type=float, default=None,
                         help="scale the training steps to roughly this many minutes of training in total")
+    parser.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
+                        help="training progress: a bar on a terminal, a log line every 30 s otherwise (auto), "
+                        "or forced")
+    parser.add_argument("--keep-feature-cache", action="store_true",
+                        help="keep the tokenizer's VFM feature cache (<out>/tokenizer/feature_cache, ~0.7 GB) after "
+                        "training; by default it is deleted once the tokenizer is trained")
 
 
 class Demo:
-    def __init__(self, out: Path, plan: DemoPlan, device: str, data: Path | None) -> None:
+    def __init__(self, out: Path, plan: DemoPlan, device: str, data: Path | None, progress: str = "auto",
+                 keep_feature_cache: bool = False) -> None:
         self.out, self.plan, self.device, self.user_data = out, plan, device, data
+        self.progress, self.keep_feature_cache = progress, keep_feature_cache
         (out / "stages").mkdir(parents=True, exist_ok=True)
 
     # -- stage bookkeeping -------------------------------------------------------------------------------------
@@ -81,9 +96,10 @@ class Demo:
             print(f"[demo] {name}: already done, skipping", flush=True)
             return result
         print(f"[demo] {name} ...", flush=True)
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         result = fn() or {}
         result["seconds"] = round(time.time() - t0, 1)
+        result["cpu_seconds"] = round(time.process_time() - c0, 1)  # all threads of this process
         tmp = self.out / "stages" / f".{name}.json.tmp"
         tmp.write_text(json.dumps(result, indent=2))
         tmp.replace(self.out / "stages" / f"{name}.json")
@@ -132,8 +148,14 @@ class Demo:
         run = self.out / "tokenizer"
         run.mkdir(parents=True, exist_ok=True)
         cfg.save(run / "recipe.json")
-        self.cli("train-tokenizer", "--config", run / "recipe.json", "--out", run, "--no-progress")
-        return {"run": str(run), "model": str(run / "final")}
+        self.cli("train-tokenizer", "--config", run / "recipe.json", "--out", run, "--progress", self.progress)
+        cache = run / "feature_cache"
+        if cache.is_dir() and not self.keep_feature_cache:
+            size = sum(f.stat().st_size for f in cache.iterdir() if f.is_file())
+            shutil.rmtree(cache)
+            print(f"[demo] deleted the feature cache {cache} ({size / 1e9:.2f} GB; --keep-feature-cache keeps it)",
+                  flush=True)
+        return {"run": str(run), "model": str(run / "final"), "steps": p.tok_steps}
 
     def codes(self, data: dict[str, Any], tok: dict[str, Any]) -> dict[str, Any]:
         out = self.out / "codes"
@@ -157,8 +179,9 @@ class Demo:
         run = self.out / "gpt"
         run.mkdir(parents=True, exist_ok=True)
         cfg.save(run / "recipe.json")
-        self.cli("train-gpt", "--config", run / "recipe.json", "--out", run, "--device", self.device, "--no-progress")
-        return {"run": str(run), "model": str(run / "final")}
+        self.cli("train-gpt", "--config", run / "recipe.json", "--out", run, "--device", self.device,
+                 "--progress", self.progress)
+        return {"run": str(run), "model": str(run / "final"), "steps": p.gpt_steps}
 
     def samples(self, gpt: dict[str, Any], tok: dict[str, Any]) -> dict[str, Any]:
         n = 10 * self.plan.samples_per_class
@@ -168,14 +191,16 @@ class Demo:
             self.cli("sample", "--gpt", gpt["model"], "--tokenizer", tok["model"], "--num", n, "--out", out,
                      "--cfg-scale", scale, "--image-size", 0, "--seed", 0, "--batch-size", 40, "--no-png",
                      "--grid-max", n, "--device", self.device)
-            result[name] = {"dir": str(out), "cfg_scale": scale, "num": n}
+            result[name] = {"dir": str(out), "cfg_scale": scale, "num": n,
+                            "grid_per_class": self.plan.samples_per_class}
         return {"runs": result}
 
     def evaluate(self, data: dict[str, Any], tok: dict[str, Any], samples: dict[str, Any]) -> dict[str, Any]:
         n = str(self.plan.eval_num)
         ev = self.out / "eval"
+        # batches of 64, not 16: the small VFM and LPIPS passes spend 20 % less CPU time per image
         self.cli("eval-tokenizer", "--tokenizer", tok["model"], "--data", data["test"], "--num", n,
-                 "--eval-size", "0", "--vfm-size", "84", "--device", self.device,
+                 "--eval-size", "0", "--vfm-size", "84", "--device", self.device, "--batch-size", "64",
                  "--probe-train", data["train"], "--probe-test", data["test"],
                  "--probe-num", str(2 * self.plan.eval_num), "--out", ev / "tokenizer.json")
         ref_stats = ev / "reference-stats.npz"  # reference features extracted once, reused for every sample set
@@ -183,17 +208,20 @@ class Demo:
             ref = ["--ref", ref_stats] if ref_stats.exists() else ["--ref", data["test"], "--num-ref", n,
                                                                    "--save-ref-stats", ref_stats]
             self.cli("eval-samples", Path(s["dir"]) / "samples.npz", *ref, "--extractor", "dinov2-bundled",
-                     "--vfm-size", "84", "--device", self.device, "--out", ev / f"samples-{name}.json")
+                     "--vfm-size", "84", "--device", self.device, "--bootstrap", "100",
+                     "--out", ev / f"samples-{name}.json")
         return {"dir": str(ev)}
 
     def regions(self, data: dict[str, Any], tok: dict[str, Any]) -> dict[str, Any]:
+        """Token-region pictures of the first test image of two classes (6 tokens each, the last encoder layer)."""
         test = Path(data["test"])
-        classes = sorted(p for p in test.iterdir() if p.is_dir())[:4]
+        classes = sorted(p for p in test.iterdir() if p.is_dir())
         pictures = []
-        for i, c in enumerate(classes):
+        for i, c in enumerate(classes[:: max(1, len(classes) // 2)][:2]):
             image = sorted(c.iterdir())[0]
             out = self.out / "regions" / f"regions-{i}.png"
-            self.cli("regions", image, "--tokenizer", tok["model"], "--out", out, "--device", self.device)
+            self.cli("regions", image, "--tokenizer", tok["model"], "--out", out, "--device", self.device,
+                     "--num-tokens", "6")
             pictures.append(str(out))
         return {"pictures": pictures}
 
@@ -226,6 +254,6 @@ def scaled_plan(plan: DemoPlan, minutes: float | None) -> DemoPlan:
 def run(args: argparse.Namespace) -> int:
     plan = scaled_plan(PLANS[args.size], args.minutes)
     t0 = time.time()
-    html = Demo(args.out, plan, args.device, args.data).run()
+    html = Demo(args.out, plan, args.device, args.data, args.progress, args.keep_feature_cache).run()
     print(f"[demo] finished in {time.time() - t0:.0f} s; open {html}")
     return 0

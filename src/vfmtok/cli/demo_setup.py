@@ -1,7 +1,8 @@
 """``make demo`` set-up step: make sure the demo's default data (Debian's Fashion-MNIST) is on the machine.
 
-Installs ``dataset-fashion-mnist`` with apt when it is missing and we are root; otherwise says exactly what to install
-or which ``--data`` folder to pass. Exit code 0 when the data is there (or ``--data`` makes it unnecessary), 2 if not.
+Installs ``dataset-fashion-mnist`` with apt when it is missing and we are root, saying so (and why) before apt runs;
+otherwise says exactly what to install or which ``--data`` folder to pass. Exit code 0 when the data is there (or
+``--data`` makes it unnecessary), 2 if not.
 """
 
 from __future__ import annotations
@@ -25,10 +26,16 @@ def ensure_fashion_mnist() -> bool:
         return True
     apt = shutil.which("apt-get")
     if apt and hasattr(os, "geteuid") and os.geteuid() == 0:
-        print(f"installing Debian package {PACKAGE} (the demo's default data) ...", file=sys.stderr)
+        print(f"make demo: the demo's default data (Fashion-MNIST) is not in {DEBIAN_DIR}.\n"
+              f"make demo: running as root, so installing the Debian package {PACKAGE} (about 30 MB) with "
+              f"`apt-get install {PACKAGE}` now.\n"
+              "make demo: to skip this, stop here (Ctrl-C) and run `vfmtok demo --data PATH --out DIR` on your own "
+              "ImageFolder instead.", file=sys.stderr, flush=True)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         res = subprocess.run([apt, "install", "-y", "-qq", PACKAGE], env=env, check=False)
         if res.returncode != 0:  # the package lists may be missing on a fresh machine
+            print("make demo: apt-get could not find it; refreshing the package lists (`apt-get update`) and "
+                  "trying again", file=sys.stderr, flush=True)
             subprocess.run([apt, "update", "-qq"], env=env, check=False)
             subprocess.run([apt, "install", "-y", "-qq", PACKAGE], env=env, check=False)
     return have_data()

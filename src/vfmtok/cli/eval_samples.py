@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pr-features", type=int, default=50000,
                         help="at most this many features per set enter precision/recall (default 50000)")
     parser.add_argument("--fd-method", choices=("eigh", "sqrtm"), default="eigh")
+    parser.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                        help="also report the FD's spread over N bootstrap resamples of the samples (0: off)")
     parser.add_argument("--save-ref-stats", default=None,
                         help="write the reference statistics (with features for precision/recall) to this .npz "
                              "(one file per extractor: NAME.<extractor>.npz when several are used)")
@@ -55,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
     for name in ("num", "num_ref", "batch_size", "pr_features"):
         _check_positive(f"--{name.replace('_', '-')}", getattr(args, name))
+    if args.bootstrap == 1 or args.bootstrap < 0:
+        raise UserError(f"--bootstrap must be 0 (off) or at least 2, got {args.bootstrap}")
     samples, ref = Path(args.samples), Path(args.ref)
     for p in (samples, ref):
         if not p.exists():
@@ -102,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
                 reference.save(target)
                 log.info("saved reference statistics to %s", target)
         try:
-            results.append(evaluate_samples(summary, reference, extractor, fd_method=args.fd_method))
+            results.append(evaluate_samples(summary, reference, extractor, fd_method=args.fd_method,
+                                            bootstrap=args.bootstrap))
         except ValueError as e:
             raise UserError(str(e)) from None
 

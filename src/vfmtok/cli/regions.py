@@ -1,9 +1,10 @@
-"""``vfmtok regions``: draw where each token's deformable attention samples the image.
+"""``vfmtok regions``: draw where a few tokens' deformable attention samples the image.
 
-The image is ADM-centre-cropped to the tokenizer's size and encoded; for one encoder layer (default: the last) every
-token's sampling points (all heads, levels and points) are drawn over the image, coloured by token and sized by their
-attention weight. The left panel shows the fixed anchor reference points in the same colours. Needs a tokenizer with
-``encoder_type="vfm"`` and ``quantization="deformable"``. Rendering uses matplotlib's Agg backend (no display needed).
+The image is ADM-centre-cropped to the tokenizer's size and encoded. For one encoder layer (default: the last) a few
+tokens spread over the anchor grid (``--num-tokens``, or the ones ``--tokens`` names) get one panel each: the anchor,
+and every sampling point (all heads, levels and points) coloured by VFM level and sized by its attention weight, with
+the points outside the image counted. Drawing: :func:`vfmtok.evaluation.regions_plot.draw_token_regions`. Needs a
+tokenizer with ``encoder_type="vfm"`` and ``quantization="deformable"``; rendering uses matplotlib's Agg backend.
 """
 
 from __future__ import annotations
@@ -11,23 +12,29 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "plot each token's deformable sampling points (coloured by token, sized by attention weight) over an image"
+HELP = "plot where a few tokens' deformable attention samples an image (points sized by attention weight)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", metavar="IMAGE", help="image file")
     parser.add_argument("--tokenizer", required=True, help="tokenizer directory (config.json + model.safetensors)")
     parser.add_argument("--out", required=True, help="output PNG file")
-    parser.add_argument("--layer", type=int, default=-1, help="encoder layer to show (default -1: the last)")
-    parser.add_argument("--tokens", help="comma-separated token indices to show (default: all tokens)")
+    parser.add_argument("--layer", type=int, default=-1,
+                        help="encoder layer to show, counted from 1 (default -1: the last; -2 the one before)")
+    parser.add_argument("--tokens", help="comma-separated token indices to show (row-major on the anchor grid)")
+    parser.add_argument("--num-tokens", type=int, default=6,
+                        help="without --tokens: this many tokens spread over the anchor grid (default 6)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
 
 
-def _parse_tokens(spec: str | None, num_tokens: int) -> list[int]:
+def _parse_tokens(spec: str | None, num_tokens: int, grid: int, count: int) -> list[int]:
     from vfmtok.cli.main import UserError
+    from vfmtok.evaluation.regions_plot import choose_tokens
 
     if not spec:
-        return list(range(num_tokens))
+        if count < 1:
+            raise UserError(f"--num-tokens must be at least 1, got {count}")
+        return choose_tokens(grid, count)
     try:
         tokens = [int(t) for t in spec.split(",") if t.strip()]
     except ValueError:
@@ -35,7 +42,7 @@ def _parse_tokens(spec: str | None, num_tokens: int) -> list[int]:
     bad = [t for t in tokens if not 0 <= t < num_tokens]
     if bad or not tokens:
         raise UserError(f"--tokens: indices must be in [0, {num_tokens}), got {spec!r}")
-    return tokens
+    return list(dict.fromkeys(tokens))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from vfmtok.cli.main import UserError
     from vfmtok.cli.reconstruct import read_image, warn_outside_domain
     from vfmtok.data.transforms import center_crop_arr, pil_to_tensor
+    from vfmtok.evaluation.regions_plot import draw_token_regions, level_names, token_stats
     from vfmtok.tokenizer.model import VFMTokenizer
 
     out = Path(args.out)
@@ -62,44 +70,23 @@ def run(args: argparse.Namespace) -> int:
                         "deformable sampling points (regions needs a VFMTok tokenizer)")
     if cfg.quantization != "deformable":
         raise UserError(f"{args.tokenizer}: quantization={cfg.quantization!r} has no deformable sampling points")
-    if not -cfg.enc_depth <= args.layer < cfg.enc_depth:
-        raise UserError(f"--layer {args.layer} out of range for {cfg.enc_depth} encoder layers")
-    tokens = _parse_tokens(args.tokens, cfg.num_tokens)
+    if not 1 <= args.layer <= cfg.enc_depth and not -cfg.enc_depth <= args.layer <= -1:
+        raise UserError(f"--layer {args.layer} out of range: the encoder has {cfg.enc_depth} layers "
+                        f"(1..{cfg.enc_depth}, or -1 for the last)")
+    layer = args.layer - 1 if args.layer > 0 else args.layer % cfg.enc_depth  # 0-based
+    tokens = _parse_tokens(args.tokens, cfg.num_tokens, cfg.anchor_grid, args.num_tokens)
     crop = center_crop_arr(image, cfg.image_size)
     x = pil_to_tensor(crop)[None].to(args.device)
     reg = tok.regions(x)
-    s = cfg.image_size
-    loc = reg.locations[args.layer, 0, tokens].reshape(len(tokens), -1, 2).cpu().numpy() * s  # (T, M*Lv*P, 2) px
-    w = reg.weights[args.layer, 0, tokens].reshape(len(tokens), -1).cpu().numpy()  # (T, M*Lv*P)
-    ref = reg.reference_points[tokens].cpu().numpy() * s  # (T, 2)
-
-    # token colours: a fixed shuffle of a continuous colormap, so that neighbouring anchors differ
-    perm = np.random.default_rng(0).permutation(cfg.num_tokens)
-    colours = plt.get_cmap("gist_rainbow")(perm[tokens] / max(cfg.num_tokens - 1, 1))  # (T, 4)
-    sizes = 2.0 + 60.0 * w / max(float(w.max()), 1e-12)
-
-    arr = np.asarray(crop)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 6.3))
-    axes[0].imshow(arr)
-    axes[0].scatter(ref[:, 0], ref[:, 1], s=18, c=colours, edgecolors="black", linewidths=0.4)
-    axes[0].set_title(f"{len(tokens)} anchor reference points")
-    axes[1].imshow(arr)
-    pts = loc.reshape(-1, 2)
-    axes[1].scatter(pts[:, 0], pts[:, 1], s=sizes.reshape(-1), c=np.repeat(colours, loc.shape[1], axis=0),
-                    alpha=0.6, linewidths=0)
-    layer = args.layer % cfg.enc_depth
-    axes[1].set_title(f"encoder layer {layer}: sampling points (size = attention weight)")
-    for ax in axes:
-        ax.set_xlim(-0.5, s - 0.5)
-        ax.set_ylim(s - 0.5, -0.5)
-        ax.axis("off")
-    fig.suptitle(f"{Path(args.image).name} - {cfg.enc_heads} heads x {tok.encoder.num_levels} levels x "
-                 f"{cfg.enc_points} points per token")
-    fig.tight_layout()
+    loc = reg.locations[layer, 0].cpu().numpy()  # (L, M, n_levels, P, 2) normalised (x, y)
+    w = reg.weights[layer, 0].cpu().numpy()  # (L, M, n_levels, P)
+    fig = draw_token_regions(np.asarray(crop), loc, w, reg.reference_points.cpu().numpy(), tokens, layer,
+                             cfg.enc_depth, cfg.anchor_grid, level_names(cfg.backbone), title=Path(args.image).name)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     plt.close(fig)
-    inside = float(((loc >= 0) & (loc <= s)).all(-1).mean())
-    print(f"wrote {out}: {len(tokens)} tokens, layer {layer}, {loc.shape[1]} points per token, "
-          f"{100 * inside:.1f}% of points inside the image")
+    stats = token_stats(loc[tokens].reshape(-1, 2), w[tokens].reshape(-1))
+    print(f"wrote {out}: tokens {','.join(map(str, tokens))} of {cfg.num_tokens}, encoder layer {layer + 1} of "
+          f"{cfg.enc_depth}; {stats['outside']} of {stats['points']} of their sampling points outside the image "
+          f"({100 * stats['outside_weight']:.0f}% of their attention weight)")
     return 0

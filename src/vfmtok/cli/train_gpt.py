@@ -28,7 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None,
                         help="run directory (default runs/gpt-<config name>); resumed when present")
     parser.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cuda, cpu")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
+                        help="step, running loss and time left: a bar on a terminal, a log line every 30 s otherwise "
+                        "(auto, the default), or forced")
+    parser.add_argument("--no-progress", action="store_true", help="same as --progress none")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         # a run that fails before its first checkpoint leaves nothing behind
         with removed_on_failure(out, keep_if=lambda p: latest_checkpoint(p) is not None):
-            result = train_gpt(cfg, out, device=args.device, progress=not args.no_progress)
+            result = train_gpt(cfg, out, device=args.device,
+                               progress="none" if args.no_progress else args.progress)
     finally:
         cleanup()
     summary = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if k in ("train_loss", "val_loss",

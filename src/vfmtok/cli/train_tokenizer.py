@@ -27,7 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="require an existing checkpoint in --out")
     parser.add_argument("--stop-after", type=int, default=None, metavar="N",
                         help="stop after N steps without saving, as if killed (tests, time-sliced jobs)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
+                        help="step, running loss and time left: a bar on a terminal, a log line every 30 s otherwise "
+                        "(auto, the default), or forced")
+    parser.add_argument("--no-progress", action="store_true", help="same as --progress none")
 
 
 def _split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
@@ -89,8 +92,9 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and latest_checkpoint(out) is None:
         raise UserError(f"--resume: no checkpoint in {out}")
     cfg = load_recipe(args.config, list(args.overrides), out)
+    progress = "none" if args.no_progress else args.progress
     with removed_on_failure(out, keep_if=_has_progress):  # a run that fails before its first checkpoint leaves nothing
-        result = train_tokenizer(cfg, out, stop_after=args.stop_after, progress=not args.no_progress)
+        result = train_tokenizer(cfg, out, stop_after=args.stop_after, progress=progress)
     if rank == 0:
         m = result.metrics
         parts = [f"{result.step} steps"]

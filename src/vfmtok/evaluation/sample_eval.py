@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
+
 from .features import FeatureExtractor, FeatureSummary
-from .fid import EXTERNAL_EXTRACTOR, ReferenceStats, fd_between, metric_name
+from .fid import EXTERNAL_EXTRACTOR, GaussianStats, ReferenceStats, fd_between, frechet_distance, metric_name
 from .inception import INCEPTION_EXTRACTOR_NAME
 from .inception_score import inception_score
 from .precision_recall import precision_recall
@@ -41,11 +43,41 @@ def check_reference(reference: ReferenceStats, extractor: FeatureExtractor) -> l
     )
 
 
+def fd_bootstrap(feats: np.ndarray, reference: GaussianStats, resamples: int, seed: int = 0,
+                 method: str = "eigh") -> dict[str, float]:
+    """Spread of the FD over bootstrap resamples of the samples (the reference statistics held fixed).
+
+    Args:
+        feats: (N, D) pooled features of every sample.
+        reference: the reference Gaussian.
+        resamples: number of resamples of N rows drawn with replacement.
+
+    Returns:
+        ``{"mean", "std", "p5", "p95", "resamples"}`` of the resampled FDs. It measures the noise that comes from
+        having only N samples; a resample repeats rows, so its FD is biased up a little against the full set's.
+    """
+    if resamples < 2:
+        raise ValueError(f"fd_bootstrap: need at least 2 resamples, got {resamples}")
+    feats = np.asarray(feats, np.float64)
+    rng = np.random.default_rng(seed)
+    fds = []
+    for _ in range(resamples):
+        x = feats[rng.integers(0, feats.shape[0], feats.shape[0])]
+        fds.append(frechet_distance(x.mean(0), np.cov(x, rowvar=False), reference.mu, reference.sigma, method))
+    fds = np.asarray(fds)
+    return {"mean": float(fds.mean()), "std": float(fds.std(ddof=1)), "p5": float(np.percentile(fds, 5)),
+            "p95": float(np.percentile(fds, 95)), "resamples": resamples}
+
+
 def evaluate_samples(
     samples: FeatureSummary, reference: ReferenceStats, extractor: FeatureExtractor, fd_method: str = "eigh",
-    num_splits: int = 10,
+    num_splits: int = 10, bootstrap: int = 0,
 ) -> dict[str, Any]:
-    """Metrics of sample features against a reference of the same extractor; a JSON-able dict."""
+    """Metrics of sample features against a reference of the same extractor; a JSON-able dict.
+
+    ``bootstrap`` > 0 adds ``<FD name>_bootstrap`` (see :func:`fd_bootstrap`); it needs the features of every sample
+    in ``samples.feats``.
+    """
     warnings = check_reference(reference, extractor)
     name = extractor.name
     out: dict[str, Any] = {
@@ -54,6 +86,12 @@ def evaluate_samples(
         "num_reference": reference.pool.n,
         metric_name(name): fd_between(samples.pool, reference.pool, fd_method),
     }
+    if bootstrap:
+        if samples.feats is None or samples.feats.shape[0] != samples.pool.n:
+            warnings.append("FD bootstrap skipped: the features of every sample were not kept")
+        else:
+            out[f"{metric_name(name)}_bootstrap"] = fd_bootstrap(samples.feats, reference.pool, bootstrap,
+                                                                  method=fd_method)
     if samples.spatial is not None and reference.spatial is not None:
         if samples.spatial.mu.shape == reference.spatial.mu.shape:
             out[metric_name(name, spatial=True)] = fd_between(samples.spatial, reference.spatial, fd_method)
@@ -83,7 +121,9 @@ def format_samples_report(report: dict[str, Any]) -> str:
         for k, v in res.items():
             if k in ("extractor", "warnings"):
                 continue
-            if isinstance(v, dict):
+            if isinstance(v, dict) and "resamples" in v:
+                v = f"{v['mean']:.3f} +- {v['std']:.3f} ({v['resamples']} bootstrap resamples)"
+            elif isinstance(v, dict):
                 v = f"{v['mean']:.3f} +- {v['std']:.3f} ({v['splits']} splits)"
             elif isinstance(v, float):
                 v = f"{v:.4f}"

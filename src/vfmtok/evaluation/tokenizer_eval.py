@@ -192,7 +192,7 @@ def format_tokenizer_report(report: dict[str, Any]) -> str:
         if key.startswith("lpips_") and isinstance(value, (int, float)):
             lines.append(f"| LPIPS-{_LPIPS_LABELS.get(key[6:], key[6:])} | {value:.4f} |")
     cb = m["codebook"]
-    lines.append(f"| codebook usage | {cb['usage']:.4f} ({cb['used']}/{cb['size']}) |")
+    lines.append(f"| codebook usage | {100 * cb['usage']:.1f}% ({cb['used']} of {cb['size']} codes) |")
     lines.append(f"| codebook perplexity | {cb['perplexity']:.1f} |")
     for d in m["distribution"].values():
         scale = ", ".join(f"{k.replace('_', '-')}: {v:.4f}" for k, v in d.items() if k.startswith("down"))

@@ -353,7 +353,7 @@ class _Trainer:
 
 
 def train_gpt(cfg: GPTTrainConfig, run_dir: str | os.PathLike, device: str | None = None,
-              stop_after: int | None = None, progress: bool = True) -> TrainResult:
+              stop_after: int | None = None, progress: bool | str = True) -> TrainResult:
     """Train (or resume) a GPT run in ``run_dir``; under torchrun every rank calls this.
 
     Args:
@@ -363,7 +363,8 @@ def train_gpt(cfg: GPTTrainConfig, run_dir: str | os.PathLike, device: str | Non
         device: ``"cuda"``, ``"cpu"`` or None (auto).
         stop_after: stop after this many steps of *this* call, without a checkpoint or export, exactly as if the
             process were killed there (for tests and time-sliced jobs).
-        progress: show a tqdm bar on rank 0.
+        progress: rank 0 shows the step, running loss, tokens/s and time left: True or ``"auto"`` (a tqdm bar on a
+            terminal, log lines otherwise), ``"bar"``, ``"log"``, or False / ``"none"``.
     """
     run_dir = Path(run_dir)
     info = init_distributed(device)
@@ -383,9 +384,9 @@ def train_gpt(cfg: GPTTrainConfig, run_dir: str | os.PathLike, device: str | Non
         tr.tracker.close()
         return TrainResult(start, run_dir / "final", tr.metrics)
     tokens_per_step = cfg.global_batch_size * tr.gpt_config.block_size
-    from tqdm import tqdm
+    from .progress import Progress, as_mode
 
-    bar = tqdm(total=tr.total_steps, initial=start, disable=not (progress and info.is_main), unit="step")
+    bar = Progress(tr.total_steps, start, "gpt", as_mode(progress), enabled=info.is_main)
     batches = _batches(tr.sampler, tr.steps_per_epoch, tr.per_rank, start)
     loss_sum, n_logged, t0, busy, step = torch.zeros((), device=info.device), 0, time.perf_counter(), 0.0, start
     while step < tr.total_steps:

@@ -384,7 +384,7 @@ def resolved_recipe(cfg: TokenizerTrainConfig) -> TokenizerTrainConfig:
 
 
 def train_tokenizer(cfg: TokenizerTrainConfig, run_dir: str | os.PathLike, stop_after: int | None = None,
-                    progress: bool = True) -> TrainResult:
+                    progress: bool | str = True) -> TrainResult:
     """Train (or resume) a tokenizer run in ``run_dir``; under torchrun every rank calls this.
 
     ``run_dir`` receives ``train_config.json`` (the resolved recipe), ``metrics.jsonl``, ``tb/``, ``checkpoints/``,
@@ -396,14 +396,14 @@ def train_tokenizer(cfg: TokenizerTrainConfig, run_dir: str | os.PathLike, stop_
         cfg: the recipe.
         stop_after: stop after this many steps of *this* call, without a checkpoint or export, exactly as if the
             process were killed there (tests, time-sliced jobs).
-        progress: tqdm bar with images/s on rank 0.
+        progress: rank 0 shows the step, running loss, images/s and time left: True or ``"auto"`` (a tqdm bar on a
+            terminal, log lines otherwise), ``"bar"``, ``"log"``, or False / ``"none"``.
     """
-    from tqdm import tqdm
-
     from .distributed import all_reduce_sum, barrier, init_distributed
     from .schedule import lr_at
     from .tokenizer_runner import Trainer
     from .checkpoint import check_resume_config
+    from .progress import Progress, as_mode
     from .tracker import Tracker, truncate_metrics
 
     run_dir = Path(run_dir)
@@ -422,8 +422,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, run_dir: str | os.PathLike, stop_
     if start >= cfg.total_steps and (run_dir / "final").exists():
         tracker.close()
         return TrainResult(start, run_dir / "final", tr.metrics)
-    bar = tqdm(total=cfg.total_steps, initial=start, disable=not (progress and info.is_main), unit="step",
-               dynamic_ncols=True)
+    bar = Progress(cfg.total_steps, start, "tokenizer", as_mode(progress), enabled=info.is_main)
     batches = tr.batches(start)
     sums: dict[str, Tensor] = {}
     counts: dict[str, int] = {}
@@ -464,7 +463,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, run_dir: str | os.PathLike, stop_
                            "data/skipped_files": float(max([skips, *tr.skipped.values()]))})
             tr.metrics.update(logged)
             tracker.log(step, logged)
-            bar.set_postfix(loss=f"{logged['train/loss']:.4f}", img_s=f"{logged['train/images_per_s']:.1f}")
+            bar.set_postfix(loss=f"{logged['train/loss']:.4f}", img_s=f"{logged['train/images_per_s']:.1f}",
+                            usage=f"{logged['train/usage']:.1%}")
             sums, counts, n_steps, t0, busy = {}, {}, 0, time.perf_counter(), 0.0
             hist.zero_()
         t_busy = time.perf_counter()
