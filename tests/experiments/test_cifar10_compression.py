@@ -164,6 +164,7 @@ def test_claim_verdicts_per_seed_from_toy_results(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
+@pytest.mark.experiment  # ~5 min: the shared run.sh pipeline is covered in CI by issue 8's end-to-end test
 @pytest.mark.skipif(shutil.which("bash") is None, reason="run.sh needs bash")
 def test_compression_run_two_calls_and_report(tmp_path: Path) -> None:
     """run.sh at toy size on CPU, as on the GPU machine: a first call without the evaluation weights (tokenizers only,
