@@ -38,13 +38,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .gpt import GPT, apply_rope
+from .logits import apply_cfg, filter_logits
 
 
 # ---------------------------------------------------------------------------------------------------- distributions
 def token_probs(logits: Tensor, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     """The distribution the plain sampler draws from, as probabilities.
 
-    Same arithmetic as :func:`~vfmtok.generator.sampling.sample_logits`: float32, ``/ temperature`` (floored at
+    Same arithmetic as :func:`~vfmtok.generator.logits.sample_logits`: float32, ``/ temperature`` (floored at
     1e-5; skipped at 1), top-k and top-p filtering, softmax. ``temperature <= 0`` (greedy) gives the one-hot of the
     argmax.
 
@@ -54,8 +55,6 @@ def token_probs(logits: Tensor, *, temperature: float = 1.0, top_k: int = 0, top
     Returns:
         (N, V) float32 probabilities (rows sum to 1; filtered tokens are exactly 0).
     """
-    from .sampling import filter_logits
-
     if temperature <= 0:
         return F.one_hot(logits.argmax(dim=-1), logits.shape[-1]).float()
     logits = logits.float()
@@ -162,7 +161,7 @@ def jacobi_sample(
     Args:
         labels: (B,) int64 class labels in [0, num_classes].
         window: K >= 1 tokens per row per forward pass (K = 1: plain decoding).
-        scales: (block_size,) float32 guidance scale per token (:func:`~vfmtok.generator.sampling.cfg_scales`);
+        scales: (block_size,) float32 guidance scale per token (:func:`~vfmtok.generator.logits.cfg_scales`);
             any scale != 1 doubles the rows to ``[cond; null]``.
         temperature, top_k, top_p, generator: as :func:`~vfmtok.generator.sampling.sample`.
 
@@ -170,7 +169,6 @@ def jacobi_sample(
         codes: (B, block_size) int64 in [0, vocab_size) on the model's device.
         steps: (B,) int64 forward passes each row needed (the class prefill included; plain decoding: block_size).
     """
-    from .sampling import apply_cfg
 
     n, v_size = gpt.num_tokens, gpt.config.vocab_size
     k_win = min(window, n)  # slots past the sequence's end are never verified
